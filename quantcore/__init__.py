@@ -1,0 +1,1 @@
+"""quantcore: quantize trained PyTorch models (algorithms only, no service code)."""
