@@ -42,7 +42,7 @@ from quantcore.layers import (
     float_state,
     quant_layers,
 )
-from quantcore.metrics import CODEBOOK_DTYPE, BITS_TABLE_BITS, size_report
+from quantcore.metrics import BITS_TABLE_BITS, CODEBOOK_DTYPE, size_report
 from quantcore.packing import pack_codes, pack_groups, unpack_codes, unpack_groups
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
 from quantcore.surgery import set_submodule
@@ -75,8 +75,9 @@ class ModelSpec:
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> ModelSpec:
         h, w = data["input_size"]
-        return ModelSpec(str(data["arch"]), int(data["num_classes"]), int(data["in_channels"]),
-                         (int(h), int(w)))
+        return ModelSpec(
+            str(data["arch"]), int(data["num_classes"]), int(data["in_channels"]), (int(h), int(w))
+        )
 
 
 def save_artifact(
@@ -108,9 +109,7 @@ def save_artifact(
                 "grouping": qw.grouping.to_json(),
                 "codebook": str(qw.kind),
                 "bits": uniform if uniform is not None else "per_group",
-                "input_quantizer": None
-                if iq is None
-                else {"kind": iq.kind, "config": iq.config()},
+                "input_quantizer": None if iq is None else {"kind": iq.kind, "config": iq.config()},
             }
         )
     for key, value in float_state(model).items():
@@ -131,7 +130,7 @@ def save_artifact(
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w") as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr(TENSORS, st_save(tensors), compress_type=zipfile.ZIP_STORED)
+        zf.writestr(TENSORS, st_save(tensors), compress_type=zipfile.ZIP_DEFLATED)
     tmp.replace(path)
     return manifest
 
@@ -182,7 +181,9 @@ def _manifest(zf: zipfile.ZipFile, path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _quantized_weight(entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> QuantizedWeight:
+def _quantized_weight(
+    entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> QuantizedWeight:
     key = f"q/{entry['name']}"
     shape = tuple(int(s) for s in entry["shape"])
     grouping = Grouping.from_json(entry["grouping"])
@@ -193,8 +194,9 @@ def _quantized_weight(entry: Mapping[str, Any], tensors: Mapping[str, torch.Tens
     else:
         bits = torch.full((g,), int(entry["bits"]), dtype=torch.uint8)
     codes = unpack_groups(tensors[f"{key}/codes"], bits, grouping.size)
-    return QuantizedWeight(shape, grouping, codes, bits, tensors[f"{key}/codebook"],
-                           CodebookKind(entry["codebook"]))
+    return QuantizedWeight(
+        shape, grouping, codes, bits, tensors[f"{key}/codebook"], CodebookKind(entry["codebook"])
+    )
 
 
 def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
@@ -218,8 +220,10 @@ def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
             iq = InputQuantizer.from_kind(iq_spec["kind"], iq_spec["config"]) if iq_spec else None
             cls = QuantConv2d if entry["type"] == "conv2d" else QuantLinear
             if tuple(float_layer.weight.shape) != qw.shape:
-                raise ValueError(f"layer {entry['name']} has shape {qw.shape} in the artifact "
-                                 f"but {tuple(float_layer.weight.shape)} in {spec.arch}")
+                raise ValueError(
+                    f"layer {entry['name']} has shape {qw.shape} in the artifact "
+                    f"but {tuple(float_layer.weight.shape)} in {spec.arch}"
+                )
             layer = cls.from_float(float_layer, FrozenWeight(qw), iq)  # type: ignore[arg-type]
             with torch.no_grad():
                 layer.weight.copy_(layer.weight_quantizer(layer.weight))
@@ -229,14 +233,17 @@ def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
         if set(stored) != set(expected):
             missing = sorted(set(expected) - set(stored))
             extra = sorted(set(stored) - set(expected))
-            raise ValueError(f"float state does not match {spec.arch}: missing {missing[:10]}, "
-                             f"unexpected {extra[:10]}")
+            raise ValueError(
+                f"float state does not match {spec.arch}: missing {missing[:10]}, "
+                f"unexpected {extra[:10]}"
+            )
         model.load_state_dict(stored, strict=False)
     except InvalidArtifact:
         raise
     except QuantcoreError as exc:  # e.g. an architecture this quantcore does not know
         raise InvalidArtifact(f"{path}: {exc.message}", exc.details) from None
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
-        raise InvalidArtifact(f"{path}: the artifact does not describe a loadable model ({exc})",
-                              {"reason": str(exc)}) from None
+        raise InvalidArtifact(
+            f"{path}: the artifact does not describe a loadable model ({exc})", {"reason": str(exc)}
+        ) from None
     return model.to(device).eval()

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,20 @@ def _context(args: argparse.Namespace) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidParams(f"device {args.device!r} was asked for but CUDA is not available")
     ckpt = Path(args.checkpoint_dir) if getattr(args, "checkpoint_dir", None) else None
-    return RunContext(device=device, seed=args.seed, checkpoint_dir=ckpt,
-                      on_progress=_progress_printer(not args.quiet))
+    return RunContext(
+        device=device,
+        seed=args.seed,
+        checkpoint_dir=ckpt,
+        on_progress=_progress_printer(not args.quiet),
+    )
 
 
 def _data(args: argparse.Namespace, augment: bool = True) -> Any:
     from quantcore.data import load_dataset
 
-    return load_dataset(args.dataset, root=args.data_root, augment=augment,
-                        image_size=args.image_size)
+    return load_dataset(
+        args.dataset, root=args.data_root, augment=augment, image_size=args.image_size
+    )
 
 
 def _parse_params(pairs: Sequence[str], raw_json: str | None) -> dict[str, Any]:
@@ -109,22 +114,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_loader, val_loader = data.loaders(args.batch_size, seed=args.seed)
     if args.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay,
-            nesterov=True)
+            model.parameters(),
+            lr=args.lr,
+            momentum=0.9,
+            weight_decay=args.weight_decay,
+            nesterov=True,
+        )
     else:
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     t0 = time.perf_counter()
-    history = train(model, train_loader, epochs=args.epochs, optimizer=opt, scheduler=sched,
-                    ctx=ctx, val_loader=val_loader if args.validate_every_epoch else None)
+    history = train(
+        model,
+        train_loader,
+        epochs=args.epochs,
+        optimizer=opt,
+        scheduler=sched,
+        ctx=ctx,
+        val_loader=val_loader if args.validate_every_epoch else None,
+    )
     result = evaluate(model, val_loader, ctx)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     summary = {
-        "arch": args.arch, "dataset": args.dataset, "epochs": args.epochs,
-        "top1": result.top1, "top5": result.top5, "loss": result.loss,
-        "seconds": time.perf_counter() - t0, "weights": str(out),
+        "arch": args.arch,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "top1": result.top1,
+        "top5": result.top5,
+        "loss": result.loss,
+        "seconds": time.perf_counter() - t0,
+        "weights": str(out),
         "history": [asdict(h) for h in history],
     }
     if args.json:
@@ -132,8 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         for h in history:
             print(f"epoch {h.epoch:3d}  loss {h.train_loss:.4f}  train top-1 {h.train_top1:.2f}%")
-        print(f"{args.arch} on {args.dataset}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%"
-              f"  ({summary['seconds']:.0f} s)")
+        print(
+            f"{args.arch} on {args.dataset}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%"
+            f"  ({summary['seconds']:.0f} s)"
+        )
         print(f"weights written to {out}")
     return 0
 
@@ -141,8 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_float(args: argparse.Namespace, data: Any) -> Any:
     from quantcore.loading import load_model
 
-    return load_model(args.weights, args.arch, num_classes=data.num_classes,
-                      in_channels=data.in_channels)
+    return load_model(
+        args.weights, args.arch, num_classes=data.num_classes, in_channels=data.in_channels
+    )
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -161,36 +185,54 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     before = evaluate(model, val_loader, ctx, stage="evaluate float") if args.evaluate else None
     quantized = method.quantize(model, data, params, ctx)
-    after = evaluate(quantized, val_loader, ctx, stage="evaluate quantized") if args.evaluate \
-        else None
+    after = (
+        evaluate(quantized, val_loader, ctx, stage="evaluate quantized") if args.evaluate else None
+    )
     sizes = size_report(quantized)
     metrics: dict[str, Any] = {"seconds": time.perf_counter() - t0, "device": str(ctx.device)}
     if before and after:
-        metrics.update(float_top1=before.top1, float_top5=before.top5, top1=after.top1,
-                       top5=after.top5)
+        metrics.update(
+            float_top1=before.top1, float_top5=before.top5, top1=after.top1, top5=after.top5
+        )
     spec = artifact.ModelSpec(args.arch, data.num_classes, data.in_channels, data.input_size)
-    artifact.save_artifact(quantized, args.out, spec=spec, method=method.name,
-                           params=params.model_dump(), metrics=metrics)
+    artifact.save_artifact(
+        quantized,
+        args.out,
+        spec=spec,
+        method=method.name,
+        params=params.model_dump(),
+        metrics=metrics,
+    )
     file_bytes = Path(args.out).stat().st_size
-    summary = {**metrics, **{k: v for k, v in sizes.to_json().items() if k != "layers"},
-               "file_bytes": file_bytes, "artifact": str(args.out)}
+    summary = {
+        **metrics,
+        **{k: v for k, v in sizes.to_json().items() if k != "layers"},
+        "file_bytes": file_bytes,
+        "artifact": str(args.out),
+    }
     if args.json:
         print(json.dumps({**summary, "layers": [r.to_json() for r in sizes.layers]}, indent=1))
         return 0
     _print_layer_table([r.to_json() for r in sizes.layers])
     if before and after:
-        print(f"top-1 {before.top1:.2f}% -> {after.top1:.2f}%   "
-              f"top-5 {before.top5:.2f}% -> {after.top5:.2f}%")
-    print(f"size {sizes.float_bytes:,} B float -> {sizes.quantized_bytes:,} B theoretical, "
-          f"{file_bytes:,} B file ({sizes.compression_ratio:.1f}x); "
-          f"average {sizes.average_bits:.3g} bits per quantized weight")
+        print(
+            f"top-1 {before.top1:.2f}% -> {after.top1:.2f}%   "
+            f"top-5 {before.top5:.2f}% -> {after.top5:.2f}%"
+        )
+    print(
+        f"size {sizes.float_bytes:,} B float -> {sizes.quantized_bytes:,} B theoretical, "
+        f"{file_bytes:,} B file ({sizes.compression_ratio:.1f}x); "
+        f"average {sizes.average_bits:.3g} bits per quantized weight"
+    )
     print(f"artifact written to {args.out}")
     return 0
 
 
 def _print_layer_table(rows: list[dict[str, Any]]) -> None:
-    _print_table(rows, ["name", "shape", "bits", "levels", "codebook", "num_groups",
-                        "total_bytes", "rel_error"])
+    _print_table(
+        rows,
+        ["name", "shape", "bits", "levels", "codebook", "num_groups", "total_bytes", "rel_error"],
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -203,8 +245,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.suffix == ".qpack":
         model = artifact.load_artifact(path, ctx.device)
-        sizes: dict[str, Any] = {k: v for k, v in size_report(model).to_json().items()
-                                 if k != "layers"}
+        sizes: dict[str, Any] = {
+            k: v for k, v in size_report(model).to_json().items() if k != "layers"
+        }
     else:
         if not args.arch:
             raise InvalidParams("evaluating a float weights file needs --arch")
@@ -213,13 +256,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sizes["file_bytes"] = path.stat().st_size
     _, val_loader = data.loaders(args.batch_size, seed=args.seed)
     result = evaluate(model, val_loader, ctx)
-    out = {"model": str(path), "dataset": args.dataset, "top1": result.top1, "top5": result.top5,
-           "loss": result.loss, "count": result.count, **sizes}
+    out = {
+        "model": str(path),
+        "dataset": args.dataset,
+        "top1": result.top1,
+        "top5": result.top5,
+        "loss": result.loss,
+        "count": result.count,
+        **sizes,
+    }
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{path.name} on {args.dataset} ({result.count} images): top-1 {result.top1:.2f}%"
-              f"  top-5 {result.top5:.2f}%  loss {result.loss:.4f}")
+        print(
+            f"{path.name} on {args.dataset} ({result.count} images): top-1 {result.top1:.2f}%"
+            f"  top-5 {result.top5:.2f}%  loss {result.loss:.4f}"
+        )
         print(f"file {sizes['file_bytes']:,} B")
     return 0
 
@@ -232,12 +284,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(manifest, indent=1))
         return 0
     m, meth, sizes = manifest["model"], manifest["method"], manifest["sizes"]
-    print(f"{args.artifact}: qpack v{manifest['format_version']}, {m['arch']} "
-          f"({m['num_classes']} classes, {m['in_channels']} input channels)")
+    print(
+        f"{args.artifact}: qpack v{manifest['format_version']}, {m['arch']} "
+        f"({m['num_classes']} classes, {m['in_channels']} input channels)"
+    )
     print(f"method {meth['name']} {json.dumps(meth['params'])}")
     _print_layer_table(manifest["layer_table"])
-    print(f"size {sizes['float_bytes']:,} B float -> {sizes['quantized_bytes']:,} B theoretical "
-          f"({sizes['compression_ratio']:.1f}x), average {sizes['average_bits']:.3g} bits")
+    print(
+        f"size {sizes['float_bytes']:,} B float -> {sizes['quantized_bytes']:,} B theoretical "
+        f"({sizes['compression_ratio']:.1f}x), average {sizes['average_bits']:.3g} bits"
+    )
     for k, v in manifest.get("metrics", {}).items():
         print(f"{k}: {_fmt(v)}")
     return 0
@@ -273,8 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, data: bool = True) -> None:
         if data:
-            p.add_argument("--dataset", required=True,
-                           help="digits, fashion-mnist, mnist, cifar10, imagefolder or npz")
+            p.add_argument(
+                "--dataset",
+                required=True,
+                help="digits, fashion-mnist, mnist, cifar10, imagefolder or npz",
+            )
             p.add_argument("--data-root", help="dataset folder or .npz file")
             p.add_argument("--image-size", type=int, help="resize images to this size")
             p.add_argument("--batch-size", type=int, default=128)
@@ -303,8 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="method params as a JSON object")
     p.add_argument("--out", default="model.qpack")
     p.add_argument("--checkpoint-dir", help="checkpoint here, and resume from it")
-    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
-                   help="skip measuring accuracy before and after")
+    p.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="skip measuring accuracy before and after",
+    )
     common(p)
     p.set_defaults(func=cmd_quantize)
 

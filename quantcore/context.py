@@ -53,7 +53,7 @@ class RunContext:
             raise Cancelled("the run was cancelled")
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded from ``seed + offset`` (a fresh one per use keeps runs replayable)."""
+        """A fresh CPU generator seeded from ``seed + offset`` (runs stay replayable)."""
         return torch.Generator().manual_seed(self.seed + offset)
 
     def _checkpoint_path(self, name: str) -> Path | None:

@@ -100,7 +100,11 @@ class _QuantMixin:
             return self.weight_quantizer.export(self.weight)
 
     def _state_key(self) -> tuple[int, ...]:
-        tensors = [self.weight, *self.weight_quantizer.parameters(), *self.weight_quantizer.buffers()]
+        tensors = [
+            self.weight,
+            *self.weight_quantizer.parameters(),
+            *self.weight_quantizer.buffers(),
+        ]
         return tuple(v for t in tensors for v in (t._version, t.data_ptr()))
 
     def quantized_weight(self) -> Tensor:

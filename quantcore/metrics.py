@@ -81,9 +81,7 @@ class SizeReport:
         }
 
 
-def layer_report(
-    name: str, qw: QuantizedWeight, latent: torch.Tensor | None = None
-) -> LayerReport:
+def layer_report(name: str, qw: QuantizedWeight, latent: torch.Tensor | None = None) -> LayerReport:
     rel_error = None
     if latent is not None:
         w = latent.detach().float()

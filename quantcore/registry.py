@@ -73,4 +73,6 @@ def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
             for e in exc.errors(include_url=False)
         ]
         text = "; ".join(f"{p['field'] or 'params'}: {p['message']}" for p in problems)
-        raise InvalidParams(f"invalid parameters for {name}: {text}", {"errors": problems}) from None
+        raise InvalidParams(
+            f"invalid parameters for {name}: {text}", {"errors": problems}
+        ) from None

@@ -20,7 +20,9 @@ WeightQuantizerFactory = Callable[[str, nn.Module], WeightQuantizer]
 InputQuantizerFactory = Callable[[str, nn.Module], InputQuantizer | None]
 
 
-def find_layers(model: nn.Module, example_input: Tensor | None = None) -> list[tuple[str, nn.Module]]:
+def find_layers(
+    model: nn.Module, example_input: Tensor | None = None
+) -> list[tuple[str, nn.Module]]:
     """The float Conv2d and Linear layers of ``model``, in network order.
 
     Without ``example_input`` the order is registration order (``named_modules``), which is the

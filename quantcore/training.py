@@ -119,7 +119,10 @@ def train(
         history = [EpochRecord(**r) for r in state["history"]]
         start = int(state["epoch"])
     batches = len(train_loader)
+    set_epoch = getattr(train_loader.sampler, "set_epoch", None)
     for epoch in range(start, epochs):
+        if set_epoch is not None:  # the data order of an epoch depends on (seed, epoch) only
+            set_epoch(epoch)
         model.train()
         loss_sum, correct, count = 0.0, 0, 0
         for i, (x, y) in enumerate(train_loader):
@@ -142,11 +145,15 @@ def train(
         record = EpochRecord(epoch + 1, loss_sum / max(count, 1), 100 * correct / max(count, 1), lr)
         if val_loader is not None:
             ev = evaluate(model, val_loader, ctx, stage=f"{stage}:validate", loss_fn=loss_fn)
-            record = EpochRecord(**{**asdict(record), "val_loss": ev.loss, "val_top1": ev.top1,
-                                    "val_top5": ev.top5})
+            record = EpochRecord(
+                **{**asdict(record), "val_loss": ev.loss, "val_top1": ev.top1, "val_top5": ev.top5}
+            )
         history.append(record)
-        ctx.report(stage, (epoch + 1) / epochs, **{k: v for k, v in asdict(record).items()
-                                                  if v is not None})
+        ctx.report(
+            stage,
+            (epoch + 1) / epochs,
+            **{k: v for k, v in asdict(record).items() if v is not None},
+        )
         ctx.save_checkpoint(
             stage,
             {

@@ -30,8 +30,15 @@ class _OutOfOrder(nn.Module):
 def _mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 5),
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
     )
 
 
@@ -39,8 +46,7 @@ def test_eval_forward_uses_exactly_the_exported_weight() -> None:
     conv = QuantConv2d.from_float(nn.Conv2d(3, 5, 3, padding=1), MinMaxQuantizer(3, True)).eval()
     lin = QuantLinear.from_float(nn.Linear(7, 4), MinMaxQuantizer(2, False)).eval()
     x, v = torch.randn(2, 3, 6, 6), torch.randn(3, 7)
-    assert torch.equal(conv(x), F.conv2d(x, dequantize(conv.export_weight()), conv.bias,
-                                         padding=1))
+    assert torch.equal(conv(x), F.conv2d(x, dequantize(conv.export_weight()), conv.bias, padding=1))
     assert torch.equal(lin(v), F.linear(v, dequantize(lin.export_weight()), lin.bias))
 
 
@@ -67,15 +73,17 @@ def test_surgery_keeps_first_and_last_layers_in_float_by_default() -> None:
     model = _mlp()
     names = quantize_model(model, lambda _n, _m: MinMaxQuantizer(4, True))
     assert names == ["2", "6"]
-    assert isinstance(model[0], nn.Conv2d) and not isinstance(model[0], QuantConv2d)
+    assert isinstance(model[0], nn.Conv2d)
+    assert not isinstance(model[0], QuantConv2d)
     assert type(model[8]) is nn.Linear
     assert [n for n, _ in quant_layers(model)] == ["2", "6"]
 
 
 def test_surgery_flag_quantizes_every_layer_and_skip_excludes_by_name() -> None:
     model = _mlp()
-    names = quantize_model(model, lambda _n, _m: MinMaxQuantizer(4, True),
-                           keep_first_last=False, skip=["6"])
+    names = quantize_model(
+        model, lambda _n, _m: MinMaxQuantizer(4, True), keep_first_last=False, skip=["6"]
+    )
     assert names == ["0", "2", "8"]
 
 

@@ -52,8 +52,10 @@ def _random_qw(kind: CodebookKind, shared: bool, seed: int) -> QuantizedWeight:
         book = torch.randn(1 if shared else g, 8, generator=gen)
     elif kind is CodebookKind.AFFINE:
         bits = torch.full((g,), 4, dtype=torch.uint8)
-        book = torch.stack([torch.rand(g, generator=gen) + 0.1,
-                            torch.randint(0, 16, (g,), generator=gen).float()], 1)
+        book = torch.stack(
+            [torch.rand(g, generator=gen) + 0.1, torch.randint(0, 16, (g,), generator=gen).float()],
+            1,
+        )
     else:
         bits = torch.randint(0, 5, (g,), generator=gen, dtype=torch.uint8)
         book = torch.randn(g, 4, generator=gen)
@@ -73,8 +75,9 @@ def test_dequantize_matches_the_formula(kind: CodebookKind, seed: int) -> None:
 def test_zero_bit_groups_dequantize_to_zero() -> None:
     qw = _random_qw(CodebookKind.BASES, shared=False, seed=3)
     bits = torch.zeros_like(qw.bits)
-    zero = QuantizedWeight(qw.shape, qw.grouping, torch.zeros_like(qw.codes), bits,
-                           qw.codebook, qw.kind)
+    zero = QuantizedWeight(
+        qw.shape, qw.grouping, torch.zeros_like(qw.codes), bits, qw.codebook, qw.kind
+    )
     assert torch.count_nonzero(dequantize(zero)) == 0
     assert zero.average_bits() == 0.0
 
@@ -115,7 +118,14 @@ def test_average_bits_weights_groups_by_size() -> None:
 )
 def test_inconsistent_contract_is_rejected(change: dict, message: str) -> None:
     qw = _random_qw(CodebookKind.AFFINE, shared=False, seed=5)
-    fields = {"shape": qw.shape, "grouping": qw.grouping, "codes": qw.codes, "bits": qw.bits,
-              "codebook": qw.codebook, "kind": qw.kind, **change}
+    fields = {
+        "shape": qw.shape,
+        "grouping": qw.grouping,
+        "codes": qw.codes,
+        "bits": qw.bits,
+        "codebook": qw.codebook,
+        "kind": qw.kind,
+        **change,
+    }
     with pytest.raises(ValueError, match=message):
         QuantizedWeight(**fields)
