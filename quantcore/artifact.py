@@ -44,7 +44,7 @@ from quantcore.layers import (
 )
 from quantcore.metrics import BITS_TABLE_BITS, CODEBOOK_DTYPE, size_report
 from quantcore.packing import pack_codes, pack_groups, unpack_codes, unpack_groups
-from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
+from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
 from quantcore.surgery import set_submodule
 
 FORMAT = "qpack"
@@ -247,3 +247,26 @@ def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
             f"{path}: the artifact does not describe a loadable model ({exc})", {"reason": str(exc)}
         ) from None
     return model.to(device).eval()
+
+
+def dequantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The quantized model as a plain state dict of the original float architecture.
+
+    Quantized layers' weights are replaced by their dequantized values; quantizer state is
+    dropped, so input (activation) quantization is not part of this export: a float model loaded
+    from it computes the same outputs as the quantized one only when no input is quantized.
+    """
+    replaced = {f"{name}.weight": layer for name, layer in quant_layers(model)}
+    quantizer_prefixes = tuple(
+        f"{name}.{part}."
+        for name in {n for n, _ in quant_layers(model)}
+        for part in ("weight_quantizer", "input_quantizer")
+    )
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(quantizer_prefixes):
+            continue
+        layer = replaced.get(key)
+        w = value if layer is None else dequantize(layer.export_weight()).to(value.dtype)
+        state[key] = w.detach().cpu().contiguous()
+    return state

@@ -161,12 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_float(args: argparse.Namespace, data: Any) -> Any:
+def _load_float(path: str | Path, arch: str, data: Any) -> Any:
     from quantcore.loading import load_model
 
-    return load_model(
-        args.weights, args.arch, num_classes=data.num_classes, in_channels=data.in_channels
-    )
+    return load_model(path, arch, num_classes=data.num_classes, in_channels=data.in_channels)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -180,7 +178,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     params = parse_params(args.method, _parse_params(args.param, args.params))
     data = _data(args)
-    model = _load_float(args, data).to(ctx.device)
+    model = _load_float(args.weights, args.arch, data).to(ctx.device)
     _, val_loader = data.loaders(args.batch_size, seed=args.seed)
     t0 = time.perf_counter()
     before = evaluate(model, val_loader, ctx, stage="evaluate float") if args.evaluate else None
@@ -251,7 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if not args.arch:
             raise InvalidParams("evaluating a float weights file needs --arch")
-        model = _load_float(args, data).to(ctx.device)
+        model = _load_float(path, args.arch, data).to(ctx.device)
         sizes = {"float_bytes": model_bytes(model)}
     sizes["file_bytes"] = path.stat().st_size
     _, val_loader = data.loaders(args.batch_size, seed=args.seed)

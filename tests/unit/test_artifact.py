@@ -243,3 +243,15 @@ def test_tensor_bytes_written_equal_the_theoretical_size(tmp_path: Path) -> None
         if k != "__metadata__"
     )
     assert written == size_report(model).quantized_bytes
+
+
+def test_dequantized_state_dict_loads_into_the_float_architecture() -> None:
+    from quantcore.artifact import dequantized_state_dict
+    from quantcore.loading import load_into
+
+    model = _lenet(bits=3)
+    state = dequantized_state_dict(model)
+    float_model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    load_into(float_model, state)  # strict: same keys and shapes as the original architecture
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(float_model.eval()(x), model(x))
