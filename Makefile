@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 DEBS := dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup debs services run test lint bench clean
 
 setup: $(PY_STAMP) debs
 
@@ -25,13 +25,17 @@ debs:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
+# The whole product on its embedded defaults: SQLite, blobs and a filesystem broker under ./var,
+# one worker process, the API on http://127.0.0.1:8000 (QS_* variables override; see README).
 run: setup
-	$(PY) -m quantcore list
-	@echo
-	$(PY) -m quantcore --help
+	$(PY) -m api embedded --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
-test: setup
+# Every test: unit, and integration against PostgreSQL, Redis and real worker processes.
+test: setup services
 	$(PY) -m pytest -q
+
+services:
+	bash scripts/services.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""The HTTP service: routes, schemas, ORM models, database sessions, blob storage, settings."""

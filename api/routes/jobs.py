@@ -1,0 +1,163 @@
+"""Quantization jobs: create (202), list, get, cancel, delete, events (SSE), result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+
+from api import jobs as transitions
+from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
+from api.errors import ApiError
+from api.models import Job, JobEvent, JobStatus, Model
+from api.queue import enqueue
+from api.schemas import JobCreate, JobEventPublic, JobPublic, JobsPublic, ResultPublic
+from quantcore import list_datasets
+from quantcore.registry import parse_params
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_job(
+    body: JobCreate, request: Request, session: SessionDep, user: CurrentUser, celery: CeleryDep
+) -> Job:
+    owned(session, Model, body.model_id, user, "model")
+    params = parse_params(body.method, body.params)  # InvalidParams / UnknownName → 422
+    known = {d.name: d for d in list_datasets()}
+    dataset = known.get(body.dataset)
+    if dataset is None or dataset.needs_root:
+        usable = sorted(n for n, d in known.items() if not d.needs_root)
+        raise ApiError(
+            422,
+            "invalid_dataset",
+            f"dataset {body.dataset!r} is not available on "
+            f"this server; built-ins available: {', '.join(usable)}",
+            {"available": usable},
+        )
+    job = Job(
+        owner_id=user.id,
+        model_id=body.model_id,
+        method=body.method,
+        params=params.model_dump(mode="json"),
+        dataset=body.dataset,
+        batch_size=body.batch_size,
+        seed=body.seed,
+        status=JobStatus.QUEUED,
+    )
+    session.add(job)
+    session.commit()  # enqueue only after the row is visible to the workers
+    enqueue(celery, job.id)
+    session.refresh(job)
+    return job
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    user: CurrentUser,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    method: Annotated[str | None, Query(max_length=64)] = None,
+    model_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> JobsPublic:
+    query = select(Job).where(Job.owner_id == user.id)
+    if status_ is not None:
+        query = query.where(Job.status == status_)
+    if method is not None:
+        query = query.where(Job.method == method)
+    if model_id is not None:
+        query = query.where(Job.model_id == model_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).unique()
+    return JobsPublic(items=[JobPublic.model_validate(r) for r in rows], total=total)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: Id, session: SessionDep, user: CurrentUser) -> Job:
+    return owned(session, Job, job_id, user, "job")
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: Id, session: SessionDep, user: CurrentUser, celery: CeleryDep) -> Job:
+    job = owned(session, Job, job_id, user, "job")
+    if JobStatus(job.status).finished:
+        raise ApiError(409, "conflict", f"job {job_id} has already {job.status}")
+    after = transitions.request_cancel(session, job_id)
+    if after is JobStatus.CANCELLED:
+        celery.control.revoke(f"job-{job_id}")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: Id, session: SessionDep, user: CurrentUser, storage: StorageDep) -> None:
+    job = owned(session, Job, job_id, user, "job")
+    if not JobStatus(job.status).finished:
+        raise ApiError(409, "conflict", f"job {job_id} is {job.status}: cancel it first")
+    keys = [a.blob_key for a in job.artifacts]
+    session.delete(job)
+    session.commit()
+    for key in keys:
+        storage.delete(key)
+
+
+@router.get("/{job_id}/result", response_model=ResultPublic)
+def get_result(job_id: Id, session: SessionDep, user: CurrentUser) -> ResultPublic:
+    job = owned(session, Job, job_id, user, "job")
+    if job.result is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no result yet (it is {job.status})")
+    return ResultPublic.model_validate(job.result)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    job_id: Id,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> StreamingResponse:
+    """Server-Sent Events: one ``progress`` event per stored job event, then ``end``."""
+    owned(session, Job, job_id, user, "job")
+    session.close()
+    factory = request.app.state.sessionmaker
+    last_id = int(request.headers.get("last-event-id", after) or 0)
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal last_id
+        while True:
+            with factory() as s:
+                events = s.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job_id, JobEvent.id > last_id)
+                    .order_by(JobEvent.id)
+                    .limit(200)
+                ).all()
+                job = s.get(Job, job_id)
+            for e in events:
+                last_id = e.id
+                data = JobEventPublic.model_validate(e).model_dump_json()
+                yield f"id: {e.id}\nevent: progress\ndata: {data}\n\n"
+            if job is None or (JobStatus(job.status).finished and not events):
+                end = {"status": None if job is None else job.status}
+                yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -1,0 +1,142 @@
+"""Request and response bodies (separate from the ORM models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ArchitecturePublic(_Out):
+    name: str
+    title: str
+    default_in_channels: int
+    default_input_size: tuple[int, int]
+    description: str
+    source: str
+
+
+class MethodPublic(_Out):
+    name: str
+    title: str
+    paper: str
+    summary: str
+    params_schema: dict[str, Any]
+
+
+class DatasetPublic(_Out):
+    name: str
+    title: str
+    needs_root: bool
+    description: str
+
+
+class ModelPublic(_Out):
+    id: int
+    name: str
+    arch: str
+    num_classes: int
+    in_channels: int
+    input_height: int
+    input_width: int
+    num_params: int
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class ModelsPublic(BaseModel):
+    items: list[ModelPublic]
+    total: int
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: int = Field(ge=1, le=2**62, description="An uploaded model's id.")
+    method: str = Field(min_length=1, max_length=64, description="A method name from /methods.")
+    dataset: str = Field(
+        min_length=1, max_length=64, description="A built-in dataset name from /datasets."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The method's params (see its JSON schema)."
+    )
+    batch_size: int = Field(128, ge=1, le=4096, description="Evaluation and training batch size.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random choice.")
+
+
+class ArtifactPublic(_Out):
+    id: int
+    kind: str
+    filename: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+
+
+class ResultPublic(_Out):
+    float_top1: float
+    float_top5: float
+    top1: float
+    top5: float
+    artifact_top1: float
+    float_bytes: int
+    quantized_bytes: int
+    file_bytes: int
+    compression_ratio: float
+    average_bits: float
+    layers: list[dict[str, Any]]
+
+
+class JobPublic(_Out):
+    id: int
+    model_id: int
+    method: str
+    params: dict[str, Any]
+    dataset: str
+    batch_size: int
+    seed: int
+    status: str
+    stage: str | None
+    progress: float
+    cancel_requested: bool
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    device: str | None
+    worker_host: str | None
+    wall_time_s: float | None
+    peak_memory_bytes: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: ResultPublic | None = None
+    artifacts: list[ArtifactPublic] = []
+
+
+class JobsPublic(BaseModel):
+    items: list[JobPublic]
+    total: int
+
+
+class JobEventPublic(_Out):
+    id: int
+    stage: str
+    fraction: float
+    metrics: dict[str, Any]
+    created_at: datetime

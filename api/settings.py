@@ -1,0 +1,65 @@
+"""Settings from the environment (prefix ``QS_``), with embedded defaults.
+
+With nothing set, everything lives under ``./var``: SQLite, a local blob directory and kombu's
+filesystem broker, so one command runs the whole product on a fresh machine. Production shape:
+``QS_DATABASE_URL=postgresql+psycopg://…`` and ``QS_BROKER_URL=redis://…``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QS_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Root of every embedded default.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite in data_dir."
+    )
+    broker_url: str | None = Field(None, description="Celery broker; default filesystem broker.")
+    blob_dir: Path | None = Field(
+        None, description="Blob storage directory; default data_dir/blobs."
+    )
+    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
+    job_time_limit_s: int = Field(6 * 3600, ge=1, description="Hard time limit of one job.")
+    job_lease_s: int = Field(
+        120,
+        ge=5,
+        description="A running job whose worker sent no heartbeat "
+        "for this long may be claimed again (its worker died).",
+    )
+    broker_visibility_timeout_s: int = Field(
+        7 * 3600,
+        ge=10,
+        description="Redis: an unacknowledged job message is delivered again "
+        "after this long; keep it above the job time limit.",
+    )
+    auto_migrate: bool = Field(False, description="Upgrade the database to head at start.")
+    default_user: str = Field("local", description="Owner of resources until auth lands.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'quant.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of the workers: checkpoints of running jobs."""
+        return (self.data_dir / "work").resolve()

@@ -1,0 +1,161 @@
+"""The service end to end against real PostgreSQL, Redis and a Celery worker process, and on the
+embedded default (SQLite + filesystem broker)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from api.db import make_engine, make_sessionmaker
+from api.storage import LocalBlobStore
+from quantcore import evaluate, load_artifact, load_dataset
+from tests.integration.conftest import Service
+from worker.runner import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _upload(service: Service, weights: Path, **form: str) -> dict:
+    data = {"arch": "lenet5", "num_classes": "10", "name": "digits-lenet5", **form}
+    with open(weights, "rb") as f:
+        response = service.client.post(
+            "/api/v1/models", data=data, files={"file": ("lenet5.safetensors", f)}
+        )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _submit(service: Service, model_id: int, **extra: object) -> dict:
+    body = {
+        "model_id": model_id,
+        "method": "uniform",
+        "dataset": "digits",
+        "params": {"bits": 4},
+        **extra,
+    }
+    response = service.client.post("/api/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _sse(service: Service, job_id: int) -> list[tuple[str, dict]]:
+    response = service.client.get(f"/api/v1/jobs/{job_id}/events")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = []
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def _full_path(service: Service, weights: Path, tmp_path: Path) -> None:
+    model = _upload(service, weights)
+    assert model["num_params"] == 431_080
+    assert model["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    job = _submit(service, model["id"])
+    assert job["status"] == "queued"
+    done = service.wait_for(job["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 1
+    assert done["device"] == "cpu"
+    assert done["wall_time_s"] > 0
+    assert done["peak_memory_bytes"] > 0
+
+    events = _sse(service, job["id"])
+    stages = [e["stage"] for kind, e in events if kind == "progress"]
+    assert "evaluate float" in stages
+    assert "quantize" in stages
+    assert events[-1] == ("end", {"status": "succeeded"})
+
+    result = service.client.get(f"/api/v1/jobs/{job['id']}/result").json()
+    assert result["average_bits"] == 4.0
+    assert result["quantized_bytes"] < result["float_bytes"]
+    assert result["artifact_top1"] == result["top1"]
+
+    qpack = next(a for a in done["artifacts"] if a["kind"] == "qpack")
+    assert {a["kind"] for a in done["artifacts"]} == {"qpack", "safetensors", "report"}
+    download = service.client.get(f"/api/v1/artifacts/{qpack['id']}")
+    assert download.status_code == 200
+    assert int(download.headers["content-length"]) == qpack["size_bytes"]
+    assert download.headers["etag"] == f'"{qpack["sha256"]}"'
+    assert hashlib.sha256(download.content).hexdigest() == qpack["sha256"]
+    path = tmp_path / "downloaded.qpack"
+    path.write_bytes(download.content)
+
+    data = load_dataset("digits", image_size=28)
+    _, val = data.loaders(128)
+    assert evaluate(load_artifact(path), val).top1 == pytest.approx(result["top1"])
+
+    part = service.client.get(f"/api/v1/artifacts/{qpack['id']}", headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206
+    assert part.content == download.content[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{qpack['size_bytes']}"
+    cached = service.client.get(
+        f"/api/v1/artifacts/{qpack['id']}", headers={"If-None-Match": download.headers["etag"]}
+    )
+    assert cached.status_code == 304
+
+
+def test_upload_job_events_result_download_on_postgres_and_redis(
+    production: Service, lenet_weights: Path, tmp_path: Path
+) -> None:
+    _full_path(production, lenet_weights, tmp_path)
+
+
+def test_upload_job_events_result_download_on_the_embedded_default(
+    embedded: Service, lenet_weights: Path, tmp_path: Path
+) -> None:
+    _full_path(embedded, lenet_weights, tmp_path)
+
+
+def test_a_finished_job_is_never_run_again(production: Service, lenet_weights: Path) -> None:
+    """A duplicate or redelivered message for a finished job claims nothing, changes nothing."""
+    model = _upload(production, lenet_weights)
+    job = _submit(production, model["id"], params={"bits": 3})
+    done = production.wait_for(job["id"], {"succeeded"})
+    settings = production.settings
+    status = run_job(
+        job["id"],
+        settings=settings,
+        factory=make_sessionmaker(make_engine(settings)),
+        storage=LocalBlobStore(settings.resolved_blob_dir),
+        device=torch.device("cpu"),
+    )
+    assert status is None
+    assert production.client.get(f"/api/v1/jobs/{job['id']}").json() == done
+
+
+def test_a_job_cancelled_while_queued_never_runs(production: Service, lenet_weights: Path) -> None:
+    model = _upload(production, lenet_weights)
+    production.stop_worker()
+    try:
+        job = _submit(production, model["id"])
+        cancelled = production.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+    finally:
+        production.start_worker()
+    # A later job goes through, so the worker has consumed the queue by the time it finishes.
+    later = _submit(production, model["id"])
+    assert production.wait_for(later["id"], {"succeeded"})["status"] == "succeeded"
+    after = production.client.get(f"/api/v1/jobs/{job['id']}").json()
+    assert after["status"] == "cancelled"
+    assert after["attempts"] == 0
+    assert after["started_at"] is None
+    assert production.client.get(f"/api/v1/jobs/{job['id']}/result").status_code == 404
+    again = production.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409
+
+
+def test_a_running_job_can_be_cancelled(production: Service, lenet_weights: Path) -> None:
+    model = _upload(production, lenet_weights)
+    job = _submit(production, model["id"], batch_size=1)  # one image per step: a slow job
+    production.wait_for(job["id"], {"running"})
+    production.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    done = production.wait_for(job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
+    assert done["status"] == "cancelled"
+    assert done["result"] is None

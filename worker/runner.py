@@ -1,0 +1,298 @@
+"""The job runner: claim a job, run quantcore on it, store its result and artifacts, finish it.
+
+Every state change is a conditional update (``api.jobs``): a duplicate or redelivered message for
+a finished job claims nothing and returns; a redelivered message for a job whose worker died
+takes it over once its heartbeat is stale, and the method resumes from the job's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from celery.utils.log import get_task_logger
+from safetensors.torch import save_file
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import jobs as transitions
+from api.db import session_scope
+from api.models import Artifact, Job, JobStatus, Model, Result
+from api.settings import Settings
+from api.storage import LocalBlobStore
+from quantcore import (
+    Cancelled,
+    ModelSpec,
+    QuantcoreError,
+    RunContext,
+    evaluate,
+    get_method,
+    load_artifact,
+    load_dataset,
+    load_model,
+    parse_params,
+    save_artifact,
+    size_report,
+)
+from quantcore.artifact import dequantized_state_dict
+from worker.devices import peak_memory_bytes, reset_peak
+from worker.progress import ProgressWriter
+
+log = get_task_logger(__name__)
+
+# The artifact is reloaded and evaluated on every job; its accuracy may differ from the
+# in-memory model's only by float noise in the logits (a tie flipping an argmax).
+ROUND_TRIP_TOLERANCE_PTS = 0.05
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    id: int
+    method: str
+    params: dict[str, Any]
+    dataset: str
+    batch_size: int
+    seed: int
+    model_path: Path
+    spec: ModelSpec
+
+
+def run_job(
+    job_id: int,
+    *,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    storage: LocalBlobStore,
+    device: torch.device,
+) -> JobStatus | None:
+    """Run job ``job_id`` to an end state; returns it, or None when the job was not claimable."""
+    with session_scope(factory) as s:
+        if not transitions.claim(
+            s, job_id, lease_s=settings.job_lease_s, host=socket.gethostname()
+        ):
+            log.info("job %s: not claimable (finished, cancelled or running elsewhere)", job_id)
+            return None
+        job = s.get(Job, job_id)
+        assert job is not None
+        model = s.get(Model, job.model_id)
+        assert model is not None
+        spec = _JobSpec(
+            job.id,
+            job.method,
+            dict(job.params),
+            job.dataset,
+            job.batch_size,
+            job.seed,
+            storage.path(model.blob_key),
+            ModelSpec(
+                model.arch,
+                model.num_classes,
+                model.in_channels,
+                (model.input_height, model.input_width),
+            ),
+        )
+        transitions.heartbeat(s, job_id, device=str(device))
+    log.info("job %s: claimed, running %s on %s", job_id, spec.method, device)
+    writer = ProgressWriter(factory, job_id)
+    checkpoints = settings.work_dir / f"job-{job_id}"
+    ctx = RunContext(
+        device=device,
+        seed=spec.seed,
+        on_progress=writer,
+        should_cancel=writer.should_cancel,
+        checkpoint_dir=checkpoints,
+    )
+    started = time.monotonic()
+    reset_peak(device)
+    outputs = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch(settings)))
+    try:
+        result, files = _quantize(spec, ctx, outputs)
+        return _succeed(
+            factory,
+            storage,
+            job_id,
+            result,
+            files,
+            wall=time.monotonic() - started,
+            peak=peak_memory_bytes(device),
+        )
+    except Cancelled:
+        with session_scope(factory) as s:
+            transitions.finish(
+                s,
+                job_id,
+                JobStatus.CANCELLED,
+                stage="cancelled",
+                wall_time_s=time.monotonic() - started,
+            )
+        return JobStatus.CANCELLED
+    except QuantcoreError as exc:
+        log.info("job %s failed: %s", job_id, exc.message)
+        return _fail(factory, job_id, exc.code, exc.message, traceback.format_exc(), started)
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        return _fail(
+            factory,
+            job_id,
+            "internal_error",
+            f"{type(exc).__name__}: {exc}",
+            traceback.format_exc(),
+            started,
+        )
+    finally:
+        shutil.rmtree(outputs, ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed process leaves them
+
+
+def _scratch(settings: Settings) -> Path:
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    return settings.work_dir
+
+
+def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    ctx.report("load", 0.0)
+    data = load_dataset(spec.dataset)
+    height, width = spec.spec.input_size
+    if data.input_size != (height, width) and height == width:
+        data = load_dataset(spec.dataset, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
+    if (data.num_classes, data.in_channels) != (spec.spec.num_classes, spec.spec.in_channels):
+        raise QuantcoreError(
+            f"dataset {spec.dataset} has {data.num_classes} classes and {data.in_channels} "
+            f"input channels, the model {spec.spec.num_classes} and {spec.spec.in_channels}"
+        )
+    model = load_model(
+        spec.model_path,
+        spec.spec.arch,
+        num_classes=spec.spec.num_classes,
+        in_channels=spec.spec.in_channels,
+    ).to(ctx.device)
+    method = get_method(spec.method)
+    params = parse_params(spec.method, spec.params)
+    _, val = data.loaders(spec.batch_size, seed=spec.seed)
+    before = evaluate(model, val, ctx, stage="evaluate float")
+    quantized = method.quantize(model, data, params, ctx)
+    after = evaluate(quantized, val, ctx, stage="evaluate quantized")
+    sizes = size_report(quantized)
+    files = {
+        "qpack": out / "model.qpack",
+        "safetensors": out / "dequantized.safetensors",
+        "report": out / "report.json",
+    }
+    save_artifact(
+        quantized,
+        files["qpack"],
+        spec=spec.spec,
+        method=spec.method,
+        params=params.model_dump(mode="json"),
+        metrics={"float_top1": before.top1, "top1": after.top1},
+    )
+    reloaded = evaluate(
+        load_artifact(files["qpack"], ctx.device), val, ctx, stage="evaluate artifact"
+    )
+    if abs(reloaded.top1 - after.top1) > ROUND_TRIP_TOLERANCE_PTS:
+        raise QuantcoreError(
+            f"the written artifact scores {reloaded.top1:.2f}% top-1 but the quantized model "
+            f"{after.top1:.2f}%: the artifact does not reproduce the model"
+        )
+    save_file(dequantized_state_dict(quantized), str(files["safetensors"]))
+    result = {
+        "float_top1": before.top1,
+        "float_top5": before.top5,
+        "top1": after.top1,
+        "top5": after.top5,
+        "artifact_top1": reloaded.top1,
+        "float_bytes": sizes.float_bytes,
+        "quantized_bytes": sizes.quantized_bytes,
+        "file_bytes": files["qpack"].stat().st_size,
+        "compression_ratio": sizes.compression_ratio,
+        "average_bits": sizes.average_bits,
+        "layers": [r.to_json() for r in sizes.layers],
+    }
+    report = {
+        "job_id": spec.id,
+        "method": spec.method,
+        "params": params.model_dump(mode="json"),
+        "model": spec.spec.to_json(),
+        "dataset": spec.dataset,
+        **result,
+    }
+    files["report"].write_text(json.dumps(report, indent=1))
+    ctx.report("done", 1.0)
+    return result, files
+
+
+_MEDIA = {
+    "qpack": ("model.qpack", "application/zip"),
+    "safetensors": ("dequantized.safetensors", "application/octet-stream"),
+    "report": ("report.json", "application/json"),
+}
+
+
+def _succeed(
+    factory: sessionmaker[Session],
+    storage: LocalBlobStore,
+    job_id: int,
+    result: dict[str, Any],
+    files: dict[str, Path],
+    *,
+    wall: float,
+    peak: int,
+) -> JobStatus | None:
+    blobs = {
+        kind: storage.save_file(path, prefix="artifacts", suffix=path.suffix)
+        for kind, path in files.items()
+    }
+    with session_scope(factory) as s:
+        if not transitions.finish(
+            s,
+            job_id,
+            JobStatus.SUCCEEDED,
+            stage="done",
+            progress=1.0,
+            wall_time_s=wall,
+            peak_memory_bytes=peak,
+        ):
+            s.rollback()
+            for blob in blobs.values():
+                storage.delete(blob.key)
+            job = s.get(Job, job_id)
+            return None if job is None else JobStatus(job.status)
+        s.add(Result(job_id=job_id, **result))
+        for kind, blob in blobs.items():
+            filename, media = _MEDIA[kind]
+            s.add(
+                Artifact(
+                    job_id=job_id,
+                    kind=kind,
+                    filename=f"job-{job_id}-{filename}",
+                    media_type=media,
+                    blob_key=blob.key,
+                    size_bytes=blob.size,
+                    sha256=blob.sha256,
+                )
+            )
+    return JobStatus.SUCCEEDED
+
+
+def _fail(
+    factory: sessionmaker[Session], job_id: int, code: str, message: str, tb: str, started: float
+) -> JobStatus:
+    with session_scope(factory) as s:
+        transitions.finish(
+            s,
+            job_id,
+            JobStatus.FAILED,
+            stage="failed",
+            error_code=code,
+            error_message=message[:4000],
+            error_traceback=tb[-20000:],
+            wall_time_s=time.monotonic() - started,
+        )
+    return JobStatus.FAILED
