@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from api.db import upgrade_to_head
 
     upgrade_to_head(settings)
-    worker = subprocess.Popen([sys.executable, "-m", "worker"], env=os.environ.copy())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker"], env={**os.environ, "QS_WORKER_EXIT_WITH_PARENT": "1"}
+    )
     print(
         f"quantization service: http://{args.host}:{args.port}/docs  (API under /api/v1; "
         f"data in {settings.data_dir.resolve()})",

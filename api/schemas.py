@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every timestamp the service stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class ErrorDetail(BaseModel):
@@ -57,7 +65,7 @@ class ModelPublic(_Out):
     num_params: int
     size_bytes: int
     sha256: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ModelsPublic(BaseModel):
@@ -122,9 +130,9 @@ class JobPublic(_Out):
     worker_host: str | None
     wall_time_s: float | None
     peak_memory_bytes: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     result: ResultPublic | None = None
     artifacts: list[ArtifactPublic] = []
 
@@ -139,4 +147,4 @@ class JobEventPublic(_Out):
     stage: str
     fraction: float
     metrics: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from worker.devices import visible_cuda_devices
 
@@ -55,7 +56,14 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return max(p.wait() for p in procs)
+    parent = os.getppid()
+    follow_parent = os.environ.get("QS_WORKER_EXIT_WITH_PARENT") == "1"
+    while any(p.poll() is None for p in procs):
+        if follow_parent and os.getppid() != parent:  # the embedded server died: stop too
+            stop(signal.SIGTERM, None)
+            follow_parent = False
+        time.sleep(1)
+    return max(p.returncode or 0 for p in procs)
 
 
 if __name__ == "__main__":
