@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +30,8 @@ from api.settings import Settings
 from api.storage import LocalBlobStore
 from quantcore import (
     Cancelled,
+    InvalidArtifact,
+    InvalidDataset,
     ModelSpec,
     QuantcoreError,
     RunContext,
@@ -133,6 +136,16 @@ def run_job(
                 wall_time_s=time.monotonic() - started,
             )
         return JobStatus.CANCELLED
+    except SoftTimeLimitExceeded:
+        limit = settings.job_time_limit_s
+        return _fail(
+            factory,
+            job_id,
+            "time_limit",
+            f"the job ran past its time limit of {limit} s (QS_JOB_TIME_LIMIT_S)",
+            traceback.format_exc(),
+            started,
+        )
     except QuantcoreError as exc:
         log.info("job %s failed: %s", job_id, exc.message)
         return _fail(factory, job_id, exc.code, exc.message, traceback.format_exc(), started)
@@ -163,7 +176,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
     if data.input_size != (height, width) and height == width:
         data = load_dataset(spec.dataset, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
     if (data.num_classes, data.in_channels) != (spec.spec.num_classes, spec.spec.in_channels):
-        raise QuantcoreError(
+        raise InvalidDataset(
             f"dataset {spec.dataset} has {data.num_classes} classes and {data.in_channels} "
             f"input channels, the model {spec.spec.num_classes} and {spec.spec.in_channels}"
         )
@@ -197,7 +210,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         load_artifact(files["qpack"], ctx.device), val, ctx, stage="evaluate artifact"
     )
     if abs(reloaded.top1 - after.top1) > ROUND_TRIP_TOLERANCE_PTS:
-        raise QuantcoreError(
+        raise InvalidArtifact(
             f"the written artifact scores {reloaded.top1:.2f}% top-1 but the quantized model "
             f"{after.top1:.2f}%: the artifact does not reproduce the model"
         )
