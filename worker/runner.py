@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ class _JobSpec:
     spec: ModelSpec
 
 
+class JobBusy(Exception):
+    """The job is running under another worker whose heartbeat is fresh: try again later."""
+
+
 def run_job(
     job_id: int,
     *,
@@ -75,12 +80,20 @@ def run_job(
     storage: LocalBlobStore,
     device: torch.device,
 ) -> JobStatus | None:
-    """Run job ``job_id`` to an end state; returns it, or None when the job was not claimable."""
+    """Run job ``job_id`` to an end state and return it.
+
+    Returns None when there is nothing to run (the job is finished, cancelled or gone); raises
+    :class:`JobBusy` when another worker holds it, so the message is retried after the lease:
+    if that worker died, the retry takes the job over and resumes from its checkpoints.
+    """
     with session_scope(factory) as s:
         if not transitions.claim(
             s, job_id, lease_s=settings.job_lease_s, host=socket.gethostname()
         ):
-            log.info("job %s: not claimable (finished, cancelled or running elsewhere)", job_id)
+            job = s.get(Job, job_id)
+            if job is not None and job.status == JobStatus.RUNNING and not job.cancel_requested:
+                raise JobBusy(f"job {job_id} is running on {job.worker_host}")
+            log.info("job %s: nothing to run (%s)", job_id, "gone" if job is None else job.status)
             return None
         job = s.get(Job, job_id)
         assert job is not None
@@ -115,6 +128,8 @@ def run_job(
     started = time.monotonic()
     reset_peak(device)
     outputs = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch(settings)))
+    beating = _Heartbeat(factory, job_id, every=settings.job_lease_s / 4)
+    beating.start()
     try:
         result, files = _quantize(spec, ctx, outputs)
         return _succeed(
@@ -160,8 +175,30 @@ def run_job(
             started,
         )
     finally:
+        beating.stop()
         shutil.rmtree(outputs, ignore_errors=True)
         shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed process leaves them
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's lease fresh while it runs, also through long steps without progress."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: int, every: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.factory, self.job_id, self.every = factory, job_id, every
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with session_scope(self.factory) as s:
+                    transitions.heartbeat(s, self.job_id)
+            except Exception:  # a lost connection must not kill the job; the next beat retries
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
 
 
 def _scratch(settings: Settings) -> Path:

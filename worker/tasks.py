@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from celery import Task
+
 from api.queue import RUN_JOB
 from worker.celery_app import app, state
-from worker.runner import run_job
+from worker.runner import JobBusy, run_job
 
 
-@app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
-def run_job_task(job_id: int) -> str | None:
+@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_job_task(self: Task, job_id: int) -> str | None:
     s = state()
-    status = run_job(
-        int(job_id), settings=s.settings, factory=s.factory, storage=s.storage, device=s.device
-    )
+    try:
+        status = run_job(
+            int(job_id), settings=s.settings, factory=s.factory, storage=s.storage, device=s.device
+        )
+    except JobBusy as exc:  # a redelivered message while the lease is fresh: come back later
+        raise self.retry(exc=exc, countdown=s.settings.job_lease_s) from None
     return None if status is None else str(status)

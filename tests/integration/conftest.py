@@ -130,6 +130,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> I
         "QS_DATABASE_URL": postgres_url,
         "QS_BROKER_URL": f"{REDIS_URL}/{db_number}",
         "QS_MAX_UPLOAD_BYTES": str(8 * 2**20),
+        "QS_JOB_LEASE_S": "8",  # a killed worker's job is taken over after 8 s
         "CUDA_VISIBLE_DEVICES": "",
     }
     service = _service(
@@ -138,6 +139,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> I
             database_url=postgres_url,
             broker_url=f"{REDIS_URL}/{db_number}",
             max_upload_bytes=8 * 2**20,
+            job_lease_s=8,
         ),
         env,
     )

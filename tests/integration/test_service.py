@@ -159,3 +159,32 @@ def test_a_running_job_can_be_cancelled(production: Service, lenet_weights: Path
     done = production.wait_for(job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
     assert done["status"] == "cancelled"
     assert done["result"] is None
+
+
+def test_a_job_whose_worker_is_killed_runs_again_and_succeeds_once(
+    production: Service, lenet_weights: Path
+) -> None:
+    """kill -9 of the process running a job: the message comes back, the new attempt takes the
+    job over once its lease has gone stale, and the job ends succeeded exactly once."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    model = _upload(production, lenet_weights)
+    job = _submit(production, model["id"], batch_size=1)  # slow enough to be caught running
+    production.wait_for(job["id"], {"running"})
+    time.sleep(1.0)
+    assert production.worker is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(production.worker.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert children, "the worker has no pool process"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    done = production.wait_for(job["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 2
+    result = production.client.get(f"/api/v1/jobs/{job['id']}/result")
+    assert result.status_code == 200
+    assert len([a for a in done["artifacts"] if a["kind"] == "qpack"]) == 1
