@@ -21,7 +21,28 @@ from quantcore.layers import quant_layers
 from quantcore.qweight import dequantize
 from quantcore.registry import get_method, list_methods, parse_params
 
-FAST_PARAMS: dict[str, dict[str, Any]] = {"uniform": {}}
+FAST_PARAMS: dict[str, dict[str, Any]] = {
+    "uniform": {},
+    "alq": {
+        "outer_iterations": 1,
+        "epochs_basis": 1,
+        "epochs_coord": 0,
+        "epochs_prune": 1,
+        "top_k": 0.05,
+        "posttrain": False,
+        "batch_size": 512,
+    },
+    "lq_nets": {"epochs": 1, "batch_size": 128, "lr": 0.01, "lr_schedule": "cosine"},
+    "l_dnq": {
+        "data_ratio": 0.05,
+        "batch_size": 16,
+        "hessian_batch_size": 8,
+        "hessian_num_batches": 3,
+        "hessian_divisor": 3.0,
+        "admm_max_iter": 4,
+        "cascade_max_epochs": 1,
+    },
+}
 METHOD_NAMES = [m.name for m in list_methods()]
 
 

@@ -1,0 +1,857 @@
+# ruff: noqa: RUF001, RUF002, RUF003  (the spec's notation: α, ρ, λ, −)
+"""L-DNQ: layer-wise quantization from a small slice of the training data.
+
+Paper: Chen, Wang, Pan, "Deep Neural Network Quantization via Layer-Wise Optimization using
+Limited Training Data", AAAI 2019, pp. 3329-3336 (doi 10.1609/aaai.v33i01.33013329).
+Official code: github.com/csyhhu/L-DNQ at 309400415e596cba49760de8bc13be8831d0f713.
+Specification: ../shared/methods/l-dnq.md (the § numbers below are its sections).
+
+The weight layers are quantized one at a time, in network order, first and last included (§5).
+For each layer: the layer Hessian H from the partly quantized network's inputs (§3.3), an ADMM
+solve of min tr((Ŵ − W)ᵀ H (Ŵ − W)) over Ŵ ∈ α·{0, ±1, ±2, ±4, …} with one α per layer (§4),
+then the "cascade" update: SGD on the data subset so the partly quantized network's logits match
+the float network's by MSE, training only what is not yet quantized (§6).
+
+``kbits`` is the NUMBER OF LEVELS K ∈ {3, 5, 7, 9, 11}, not a bit count (§2.1): K = 3 is ternary.
+Codes are stored at ⌈log₂K⌉ bits. The exported contract is a ``levels`` codebook, one shared row
+per layer holding the K values α·m (m ascending), and codes = index into that row.
+
+Where this port and the official code differ (default first):
+
+- Hessian layout (B1): default ``hessian_layout="consistent"`` (the conv's own unfold, rows
+  (c, i, j), matching the weight rows: the paper's objective). ``"tf_permuted"`` rebuilds the
+  official quadratic form: TensorFlow "SAME" patches in (i, j, c) order, mis-indexed against the
+  weight rows for every k > 1, C > 1 conv. The one place where the default is not the code's.
+- Ties (B2): default ``legacy_ties=False``, nearest level with ties toward zero (as the issue
+  asks). ``legacy_ties=True`` is the official quirk: for K = 5, 7, 9 a value exactly on an inner
+  boundary (1.5α, 3α, 6α) gets code 0. The spec's §13 table suggests True; only exact ties
+  differ, which float weights essentially never hit.
+- ρ (D2, B11): ρ = rho_factor·H[0,0] (official); ``rho_mode="mean_diag"`` uses the mean of
+  diag H (not from the paper). Both are floored at 1e-8·mean(diag H) so a dead first input
+  feature cannot make H + ρI singular; a singular system falls back to a pseudo-inverse, as the
+  official code falls back to least squares.
+- NaN α (B10): a projection step whose codes are all zero stops the alternation instead of
+  producing NaN (the official code survives the NaN by accident, with the same result).
+- Subset (B7): seeded (``subset_seed``) through ``quantcore.data.subset``; it keeps
+  round(ratio·N) images (the official code rounds down), class-balanced as an option.
+- Multi-GPU Hessian (B9): every sample of every batch counts.
+- First/last flag (B6): a real boolean. Skipped layers stay float and train in every cascade.
+- BN in the cascade (B5): every BatchNorm trains, except shortcut BNs (a path component named
+  ``downsample`` or ``shortcut``) placed before the current layer, which reproduces the official
+  name rule ("bn" in the name, or after the layer) on the zoo's ResNets; ``train_all_bn`` trains
+  all of them.
+- Cascade length (P5): the official plateau rule plus a cap ``cascade_max_epochs``; the epochs
+  each layer used are recorded in :attr:`LDNQ.layer_records`.
+- Batches: both loaders drop the last partial batch (official) unless the subset is smaller
+  than one batch, which then forms a single batch.
+- The Hessian pass and the cascade both read the train split as the caller loaded it
+  (augmented when the bundle augments, as the official loaders are); the Hessian pass runs the
+  network in eval mode (official).
+- Not logged: the official test-set evaluation after every layer (logging only there).
+- Precision: H and ADMM run in float64; the stored α is float32 and the layer's latent weight
+  becomes α₃₂·m exactly, so rounding it again at α gives the same codes.
+- Storage: the ``levels`` codebook holds the K values α·m (K ≤ 11 floats per layer) where the
+  paper stores the single α; codes take ⌈log₂K⌉ bits as in §9.
+
+The cascade is its own loop, not ``quantcore.training.train``: its loss compares two networks'
+logits, and its stop rule can fire after the first step of an epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset
+
+from quantcore.context import RunContext
+from quantcore.data import DataBundle, subset
+from quantcore.errors import InvalidModel, NothingQuantized
+from quantcore.layers import QuantConv2d, QuantLinear, WeightQuantizer
+from quantcore.methods.base import Method, MethodParams
+from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
+from quantcore.surgery import find_layers, set_submodule
+
+KBits = Literal[3, 5, 7, 9, 11]
+WeightLayer = nn.Conv2d | nn.Linear
+KBITS: tuple[int, ...] = (3, 5, 7, 9, 11)
+# §2.2: boundaries between consecutive multipliers 0|1, 1|2, 2|4, 4|8, 8|16, in units of α.
+_BOUNDARIES = (0.5, 1.5, 3.0, 6.0, 12.0)
+_RHO_FLOOR = 1e-8  # ρ ≥ _RHO_FLOOR · mean(diag H) (B11)
+_CHECKPOINT = "l_dnq"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+
+
+class LDNQParams(MethodParams):
+    kbits: KBits = Field(
+        3, description="Number of levels K (3 = ternary {0, ±α}); codes take ceil(log2 K) bits."
+    )
+    data_ratio: float = Field(
+        0.01, gt=0, le=1, description="Share of the training set used (the paper: 1%)."
+    )
+    subset_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the data subset.")
+    class_balanced: bool = Field(False, description="Draw the subset class-balanced.")
+    batch_size: int = Field(128, ge=1, le=4096, description="Cascade batch size.")
+    hessian_batch_size: int = Field(2, ge=1, le=4096, description="Hessian-pass batch size.")
+    hessian_num_batches: int = Field(
+        101, ge=1, le=100_000, description="Batches summed into H (official: 101)."
+    )
+    hessian_divisor: float = Field(
+        100.0, gt=0, le=1e9, description="H = sum of per-batch means / divisor (official: 100)."
+    )
+    hessian_layout: Literal["consistent", "tf_permuted"] = Field(
+        "consistent",
+        description="Patch order of conv Hessians: the conv's own unfold, or the official "
+        "TensorFlow SAME (i, j, c) order, mis-indexed against the weights (spec B1). Linear "
+        "layers are the same either way.",
+    )
+    proj_max_iter: int = Field(10, ge=1, le=1000, description="α/code alternations per projection.")
+    proj_tol: float = Field(1e-3, ge=0, le=1, description="Absolute α change that stops them.")
+    rho_factor: float = Field(1.0, gt=0, le=1e6, description="ρ = rho_factor · (H[0,0] or mean).")
+    rho_mode: Literal["h00", "mean_diag"] = Field(
+        "h00", description="ρ from H[0,0] (official) or the mean of diag H (not from the paper)."
+    )
+    admm_max_iter: int = Field(100, ge=1, le=100_000, description="ADMM iteration cap.")
+    admm_tol: float = Field(
+        1e-3, ge=0, le=1e6, description="Absolute H-error gain an iterate needs to be kept."
+    )
+    admm_patience: int = Field(3, ge=1, le=1000, description="Non-improving iterations to stop.")
+    legacy_ties: bool = Field(
+        False, description="Official tie quirk: exact inner-boundary values get code 0."
+    )
+    quantize_first_last: bool = Field(True, description="Quantize the first and last layers.")
+    quantize_bias_jointly: bool = Field(
+        True, description="Put a layer's bias into its ADMM problem as an extra row (same α)."
+    )
+    freeze_quantized_bias: bool = Field(
+        False, description="Keep that bias on the grid; off: it is retrained in float (official)."
+    )
+    cascade: bool = Field(True, description="Run the cascade weight update after each layer.")
+    cascade_lr: float = Field(1e-3, gt=0, le=10, description="Cascade SGD learning rate.")
+    cascade_momentum: float = Field(0.9, ge=0, lt=1, description="Cascade SGD momentum.")
+    cascade_weight_decay: float = Field(5e-4, ge=0, le=1, description="Cascade weight decay.")
+    teacher_mode: Literal["train", "eval"] = Field(
+        "train", description="Mode of the float network giving the targets (official: train)."
+    )
+    student_mode: Literal["train", "eval"] = Field(
+        "train", description="Mode of the partly quantized network (official: train)."
+    )
+    cascade_check_every: int = Field(
+        10, ge=1, le=100_000, description="Check the plateau rule at batches b with b % this == 0."
+    )
+    cascade_gap: float = Field(
+        1e-4, ge=0, le=1e6, description="A cumulative-mean change below this is a plateau strike."
+    )
+    cascade_patience: int = Field(3, ge=1, le=1000, description="Strikes that stop the cascade.")
+    cascade_max_epochs: int = Field(
+        1000, ge=1, le=1_000_000, description="Safety cap on cascade epochs per layer."
+    )
+    train_all_bn: bool = Field(False, description="Train every BatchNorm, shortcut BNs included.")
+
+
+# Small-data preset (spec §13, not from the paper): LeNet-5 on Fashion-MNIST.
+LENET5_FASHION_MNIST: dict[str, object] = {
+    "kbits": 3,
+    "data_ratio": 0.01,
+    "cascade_max_epochs": 300,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The level set and its projection (§2)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_kbits(kbits: int) -> int:
+    if kbits not in KBITS:
+        raise NotImplementedError(f"kbits (number of levels) must be one of {KBITS}, got {kbits}")
+    return (kbits - 1) // 2
+
+
+def level_multipliers(kbits: int) -> list[int]:
+    """The integer multipliers m of K levels α·m, ascending (§2.1): K = 7 → [-4, -2, -1, 0, …]."""
+    n = _check_kbits(kbits)
+    positive = [2**j for j in range(n)]
+    return [-m for m in reversed(positive)] + [0] + positive
+
+
+def code_bits(kbits: int) -> int:
+    """Bits of a fixed-length code for K levels: ⌈log₂K⌉."""
+    _check_kbits(kbits)
+    return math.ceil(math.log2(kbits))
+
+
+def _thresholds(v: Tensor, alpha: Tensor | float, kbits: int) -> Tensor:
+    """The boundaries t·α of §2.2 in ``v``'s dtype, ``(n,)``."""
+    n = _check_kbits(kbits)
+    a = torch.as_tensor(alpha, dtype=v.dtype, device=v.device)
+    # §2.2: compare |v| with t·α (never |v|/α with t) so exact ties fall as in the official code.
+    return torch.tensor(_BOUNDARIES[:n], dtype=v.dtype, device=v.device) * a  # (n,)
+
+
+def _magnitude_index(v: Tensor, alpha: Tensor | float, kbits: int, legacy_ties: bool) -> Tensor:
+    """j ∈ 0..n per entry (j = 0: level 0; j ≥ 1: multiplier 2^(j-1)), in ``v``'s dtype."""
+    thresholds = _thresholds(v, alpha, kbits)  # (n,)
+    mag = v.abs()  # (...)
+    j = torch.zeros_like(v)  # (...)
+    for t in thresholds:  # n ≤ 5 boundaries, each one elementwise pass
+        j += mag > t  # |v| > t·α moves one level up: a tie stays on the smaller magnitude
+    if legacy_ties and kbits in (5, 7, 9):
+        # §2.3: strict comparisons on both sides leave inner-boundary values in no interval → 0.
+        for t in thresholds[1:]:
+            j = torch.where(mag == t, 0.0, j)
+    return j
+
+
+def level_codes(
+    v: Tensor, alpha: Tensor | float, kbits: int, *, legacy_ties: bool = False
+) -> Tensor:
+    """The integer multiplier m of the level α·m each entry of ``v`` rounds to (§2.2).
+
+    Returned in ``v``'s dtype (exact small integers), so it multiplies α directly.
+    """
+    j = _magnitude_index(v, alpha, kbits, legacy_ties)  # (...)
+    table = torch.tensor([0.0, 1.0, 2.0, 4.0, 8.0, 16.0], dtype=v.dtype, device=v.device)
+    mag = table[j.long()]  # (...) |m|
+    return torch.where(v < 0, -mag, mag)  # (...)
+
+
+def level_codes_reference(
+    v: Tensor, alpha: float, kbits: int, *, legacy_ties: bool = False
+) -> Tensor:
+    """Loop reference of :func:`level_codes`: the official interval tests, one value at a time."""
+    n = _check_kbits(kbits)
+    mults = [0] + [2**j for j in range(n)]
+    out = []
+    for x in v.double().reshape(-1).tolist():
+        a, code = abs(x), 0
+        for k in range(1, n + 1):
+            lower = _BOUNDARIES[k - 1] * alpha
+            upper = _BOUNDARIES[k] * alpha if k < n else math.inf
+            inside = (lower < a < upper) if legacy_ties and kbits != 11 else (lower < a <= upper)
+            if inside:
+                code = mults[k]
+        out.append(int(math.copysign(code, x)) if code else 0)
+    return torch.tensor(out, dtype=torch.long).reshape(v.shape)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Result of one projection (§2.4): ``alpha`` (0-d) and integer multipliers ``codes``."""
+
+    alpha: Tensor
+    codes: Tensor
+    error: float
+    alphas: tuple[float, ...]  # α of each candidate: α₀, then one per alternation
+    errors: tuple[float, ...]  # ‖V − α·Q‖² of each candidate
+
+
+def project_levels(
+    v: Tensor,
+    alpha0: Tensor | float,
+    kbits: int,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    legacy_ties: bool = False,
+) -> Projection:
+    """Project ``v`` on α·levels by the §2.4 alternation, always started from ``alpha0``.
+
+    Candidates: α₀ with its codes, then after each step the refitted α = ⟨V, Q⟩/⟨Q, Q⟩ paired
+    with the codes Q of the previous α. Stops once α moves by less than ``tol`` (absolute) or
+    after ``max_iter`` steps; returns the first candidate of least ‖V − α·Q‖².
+    """
+    alpha = torch.as_tensor(alpha0, dtype=v.dtype, device=v.device)
+    q = level_codes(v, alpha, kbits, legacy_ties=legacy_ties)  # (...)
+    best_err = float(((v - alpha * q) ** 2).sum())
+    best_alpha, best_q = alpha, q
+    alphas, errors = [float(alpha)], [best_err]
+    last = float(alpha)
+    for _ in range(max_iter):
+        q = level_codes(v, alpha, kbits, legacy_ties=legacy_ties)  # (...)
+        qq = (q * q).sum()
+        if float(qq) == 0.0:  # B10: all codes 0, α would be NaN; no candidate
+            break
+        alpha = (v * q).sum() / qq  # Lloyd step: least-squares α for these codes
+        err = float(((v - alpha * q) ** 2).sum())
+        alphas.append(float(alpha))
+        errors.append(err)
+        if err < best_err:
+            best_err, best_alpha, best_q = err, alpha, q
+        if abs(last - float(alpha)) < tol:
+            break
+        last = float(alpha)
+    return Projection(best_alpha, best_q.long(), best_err, tuple(alphas), tuple(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer matrices and the Hessian (§3)
+# ---------------------------------------------------------------------------------------------
+
+
+def unfold_weight(layer: WeightLayer, *, bias_row: bool) -> Tensor:
+    """The layer's weight as [fan_in (+1 bias row), out] (§3.2); row c·kh·kw + i·kw + j."""
+    w = layer.weight.detach()
+    mat = w.reshape(w.shape[0], -1).T  # (fan_in, O)
+    if bias_row and layer.bias is not None:
+        mat = torch.cat([mat, layer.bias.detach().unsqueeze(0)], 0)  # (fan_in + 1, O)
+    return mat
+
+
+def _check_conv(layer: nn.Conv2d) -> None:
+    if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise InvalidModel(
+            "L-DNQ builds layer Hessians for ungrouped, zero-padded convs with numeric padding; "
+            f"{layer} is not one",
+            {"groups": layer.groups, "padding": str(layer.padding)},
+        )
+
+
+def _tf_same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) for one spatial axis."""
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def layer_patches(x: Tensor, layer: WeightLayer, *, layout: str, bias_row: bool) -> Tensor:
+    """The rows p whose outer products make H: ``(P, D)``, one per sample (and conv position)."""
+    if isinstance(layer, nn.Conv2d):
+        _check_conv(layer)
+        k, s, d = layer.kernel_size, layer.stride, layer.dilation
+        if layout == "consistent":
+            pad = cast(tuple[int, int], layer.padding)  # numeric: checked above
+            cols = F.unfold(x, k, dilation=d, padding=pad, stride=s)  # (N, C·kh·kw, L)
+            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N·L, C·kh·kw)
+        else:
+            top, bottom = _tf_same_pad(x.shape[2], k[0], s[0], d[0])
+            left, right = _tf_same_pad(x.shape[3], k[1], s[1], d[1])
+            xp = F.pad(x, (left, right, top, bottom))  # (N, C, H', W')
+            cols = F.unfold(xp, k, dilation=d, stride=s)  # (N, C·kh·kw, L), rows (c, i, j)
+            n, c, length = x.shape[0], x.shape[1], cols.shape[2]
+            cols = cols.reshape(n, c, k[0], k[1], length)  # (N, C, kh, kw, L)
+            rows = cols.permute(0, 4, 2, 3, 1).reshape(n * length, -1)  # (N·L, kh·kw·C): (i,j,c)
+    else:
+        rows = x.reshape(-1, x.shape[-1])  # (N·…, in)
+    if bias_row:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)  # (P, D + 1)
+    return rows
+
+
+def batch_hessian(x: Tensor, layer: WeightLayer, *, layout: str, bias_row: bool) -> Tensor:
+    """One batch's mean of p pᵀ over its patches (§3.3), float64 ``(D, D)``."""
+    p = layer_patches(x.double(), layer, layout=layout, bias_row=bias_row)  # (P, D)
+    return p.T @ p / p.shape[0]  # (D, D)
+
+
+def accumulate_hessian(hessians: Iterable[Tensor], *, num_batches: int, divisor: float) -> Tensor:
+    """H = (h_0 + … + h_{num_batches−1}) / divisor (§3.3: officially 101 batches over 100)."""
+    total: Tensor | None = None
+    for i, h in enumerate(hessians):
+        if i >= num_batches:
+            break
+        total = h if total is None else total + h
+    if total is None:
+        raise ValueError("no batch reached the layer: the Hessian is empty")
+    return total / divisor
+
+
+class _StopForward(Exception):
+    """Raised by the Hessian hook so the forward pass stops at the layer it needs."""
+
+
+def collect_hessian(
+    model: nn.Module,
+    layer: WeightLayer,
+    batches: Iterable[Tensor],
+    *,
+    num_batches: int,
+    divisor: float,
+    layout: str,
+    bias_row: bool,
+) -> Tensor:
+    """The layer Hessian of ``layer`` from ``model`` run in eval mode on ``batches`` (§3.3)."""
+    found: list[Tensor] = []
+
+    def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        found.append(batch_hessian(inputs[0], layer, layout=layout, bias_row=bias_row))
+        raise _StopForward
+
+    def per_batch() -> Iterator[Tensor]:
+        for x in batches:
+            try:
+                model(x)
+            except _StopForward:
+                pass
+            if found:
+                yield found.pop()
+
+    was_training = model.training
+    model.eval()
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            return accumulate_hessian(per_batch(), num_batches=num_batches, divisor=divisor)
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-layer ADMM solver (§4)
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_error(delta: Tensor, hessian: Tensor) -> Tensor:
+    """tr(Δᵀ H Δ), no ½ (D4); ``delta`` (D, O), ``hessian`` (D, D)."""
+    return (delta * (hessian @ delta)).sum()
+
+
+@dataclass(frozen=True)
+class AdmmStep:
+    """One ADMM iteration, for tests and diagnostics."""
+
+    w: Tensor  # proximal solution
+    v: Tensor  # W + λ_prev, the projection's input
+    g: Tensor  # projection output α·Q
+    dual: Tensor  # λ after the update
+    alpha: float
+    prox_error: float
+    proj_error: float
+    improved: bool
+
+
+@dataclass(frozen=True)
+class AdmmResult:
+    alpha: Tensor  # 0-d, the α of the best iterate
+    codes: Tensor  # int64 multipliers, W0's shape
+    error: float  # tr(ΔᵀHΔ) of the best iterate
+    initial_error: float  # of plain rounding at α₀
+    alpha0: float
+    rho: float
+    iterations: int
+    steps: tuple[AdmmStep, ...]  # filled when record=True
+
+
+def admm_quantize(
+    w0: Tensor,
+    hessian: Tensor,
+    kbits: int,
+    *,
+    rho_factor: float = 1.0,
+    rho_mode: str = "h00",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    patience: int = 3,
+    proj_max_iter: int = 10,
+    proj_tol: float = 1e-3,
+    legacy_ties: bool = False,
+    record: bool = False,
+) -> AdmmResult:
+    """min tr((G − W₀)ᵀ H (G − W₀)) over G on α·levels by ADMM (§4), in ``w0``'s dtype.
+
+    ``w0`` (D, O) in the layout of §3.2, ``hessian`` (D, D). Proximal step (H + ρI) W =
+    H W₀ + ρ(G − λ) through one factorisation, projection of W + λ started at α₀ = mean|W₀|,
+    dual update λ += W − G; an iterate is kept only if it beats the best by more than ``tol``;
+    ``patience`` non-kept iterations in a row stop the run.
+    """
+    h = hessian.to(w0.dtype)  # (D, D)
+    alpha0 = w0.abs().mean()
+    q0 = level_codes(w0, alpha0, kbits, legacy_ties=legacy_ties)  # (D, O)
+    g = alpha0 * q0.to(w0.dtype)  # (D, O)
+    best_err = float(layer_error(g - w0, h))
+    best_alpha, best_q = alpha0, q0
+    diag = h.diagonal()  # (D,)
+    base = h[0, 0] if rho_mode == "h00" else diag.mean()
+    rho = max(rho_factor * float(base), _RHO_FLOOR * float(diag.mean()))
+    a = h + rho * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)  # (D, D)
+    chol, info = torch.linalg.cholesky_ex(a)
+    pinv = torch.linalg.pinv(a) if int(info) != 0 else None  # B11 fallback (official: lstsq)
+    b1 = h @ w0  # (D, O)
+    dual = torch.zeros_like(w0)  # (D, O)
+    initial_err, strikes, steps, iterations = best_err, 0, [], 0
+    for _ in range(max_iter):
+        iterations += 1
+        rhs = b1 + rho * (g - dual)  # (D, O)
+        w = torch.cholesky_solve(rhs, chol) if pinv is None else pinv @ rhs  # (D, O)
+        v = w + dual  # (D, O)
+        proj = project_levels(
+            v, alpha0, kbits, max_iter=proj_max_iter, tol=proj_tol, legacy_ties=legacy_ties
+        )
+        g = proj.alpha * proj.codes.to(w0.dtype)  # (D, O)
+        err = float(layer_error(g - w0, h))
+        dual = dual + w - g  # (D, O)
+        improved = err < best_err and abs(best_err - err) > tol
+        if improved:
+            best_err, best_alpha, best_q, strikes = err, proj.alpha, proj.codes, 0
+        else:
+            strikes += 1
+        if record:
+            prox = float(layer_error(w - w0, h))
+            steps.append(AdmmStep(w, v, g, dual, float(proj.alpha), prox, err, improved))
+        if strikes >= patience:
+            break
+    return AdmmResult(
+        best_alpha,
+        best_q.long(),
+        best_err,
+        initial_err,
+        float(alpha0),
+        rho,
+        iterations,
+        tuple(steps),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight quantizer: α · levels, exported as a levels codebook
+# ---------------------------------------------------------------------------------------------
+
+
+class PowerOfTwoLevels(WeightQuantizer):
+    """Rounds a weight to α·{0, ±1, ±2, …} (K levels, one α per layer) with the §2.2 rule.
+
+    L-DNQ writes α·Q into the latent weight and freezes it, so rounding at the stored α gives Q
+    back exactly. Export: codes (1, numel) = index into the ascending levels, codebook (1, K) =
+    α·m, ⌈log₂K⌉ bits. Straight-through gradient in training (the weight is frozen anyway).
+    """
+
+    alpha: Tensor  # () float32 buffer
+
+    def __init__(self, kbits: int, alpha: float = 0.0, *, legacy_ties: bool = False) -> None:
+        super().__init__()
+        self.kbits = kbits
+        self.legacy_ties = legacy_ties
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+
+    def export(self, w: Tensor) -> QuantizedWeight:
+        shape = tuple(w.shape)
+        grouping = Grouping.per_tensor(shape)
+        alpha = self.alpha.to(w.device)
+        flat = grouping.split(w.detach().float())  # (1, numel)
+        j = _magnitude_index(flat, alpha, self.kbits, self.legacy_ties)  # (1, numel) in 0..n
+        index = torch.where(flat < 0, -j, j)  # (1, numel) signed, in -n..n
+        n = (self.kbits - 1) // 2
+        mults = torch.tensor(level_multipliers(self.kbits), dtype=torch.float32, device=w.device)
+        return QuantizedWeight(
+            shape=shape,
+            grouping=grouping,
+            codes=(index + n).to(torch.uint8),  # (1, numel) index into the ascending levels
+            bits=torch.full((1,), code_bits(self.kbits), dtype=torch.uint8, device=w.device),
+            codebook=(alpha * mults).unsqueeze(0),  # (1, K)
+            kind=CodebookKind.LEVELS,
+        )
+
+    def forward(self, w: Tensor) -> Tensor:
+        q = super().forward(w)
+        return w + (q - w).detach()
+
+    def extra_repr(self) -> str:
+        return f"kbits={self.kbits}, alpha={float(self.alpha):.6g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The network-level procedure (§5-§7)
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_shortcut_bn(name: str) -> bool:
+    return any(part in ("downsample", "shortcut") for part in name.split("."))
+
+
+def cascade_trainable(
+    model: nn.Module,
+    layer_name: str,
+    *,
+    float_layers: Iterable[str] = (),
+    train_all_bn: bool = False,
+) -> list[str]:
+    """Names of the parameters the cascade after ``layer_name`` trains (§6, B5).
+
+    Everything after ``layer_name.weight`` in ``named_parameters`` order, every BatchNorm
+    parameter (shortcut BNs before the layer only with ``train_all_bn``), and the parameters of
+    the layers left in float (``float_layers``).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    start = names.index(f"{layer_name}.weight") + 1
+    chosen = set(names[start:])
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and (train_all_bn or not _is_shortcut_bn(mod_name)):
+            chosen.update(f"{mod_name}.{p}" for p, _ in module.named_parameters(recurse=False))
+    for mod_name in float_layers:
+        module = model.get_submodule(mod_name)
+        chosen.update(f"{mod_name}.{p}" for p, _ in module.named_parameters(recurse=False))
+    return [n for n in names if n in chosen]
+
+
+class PlateauRule:
+    """The official cascade stop rule (§6) on the cumulative mean loss ``avg``.
+
+    At a check, a strike when ``avg > last`` or ``|avg − last| < gap`` (the first check always
+    strikes, last starting at 0), else the strikes reset; stop at ``patience`` strikes.
+    """
+
+    def __init__(self, gap: float = 1e-4, patience: int = 3) -> None:
+        self.gap, self.patience = gap, patience
+        self.last, self.strikes = 0.0, 0
+
+    def check(self, avg: float) -> bool:
+        if avg > self.last or abs(avg - self.last) < self.gap:
+            self.strikes += 1
+        else:
+            self.strikes = 0
+        self.last = avg
+        return self.strikes >= self.patience
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """What one layer's step did: ADMM errors and iterations, α, cascade epochs and loss."""
+
+    layer: str
+    alpha: float
+    admm_initial_error: float
+    admm_error: float
+    admm_iterations: int
+    cascade_epochs: int
+    cascade_steps: int
+    cascade_loss: float
+
+
+def _shuffled_loader(ds: Dataset, batch_size: int, seed: int, *, drop_last: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+
+
+def _swap_in(
+    model: nn.Module, name: str, layer: WeightLayer, quantizer: PowerOfTwoLevels
+) -> nn.Module:
+    cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+    wrapped = cls.from_float(layer, quantizer)  # type: ignore[arg-type]
+    wrapped.weight.requires_grad_(False)
+    set_submodule(model, name, wrapped)
+    return wrapped
+
+
+class LDNQ(Method):
+    name = "l_dnq"
+    title = "L-DNQ: layer-wise quantization with limited data"
+    paper = "Chen, Wang, Pan, AAAI 2019 (doi 10.1609/aaai.v33i01.33013329)"
+    summary = (
+        "Quantizes layer by layer to α·{0, ±2^j} by ADMM on a layer Hessian from 1% of the data, "
+        "retraining the rest of the network to match the float logits after each layer."
+    )
+    Params = LDNQParams
+
+    def __init__(self) -> None:
+        self.layer_records: list[LayerRecord] = []
+
+    def quantize(
+        self, model: nn.Module, data: DataBundle, params: LDNQParams, ctx: RunContext
+    ) -> nn.Module:
+        device = ctx.device
+        model.to(device)
+        teacher = copy.deepcopy(model).requires_grad_(False)
+        layers = cast(list[tuple[str, WeightLayer]], find_layers(model))
+        chosen = layers if params.quantize_first_last else layers[1:-1]
+        float_layers = [n for n, _ in layers if n not in {c for c, _ in chosen}]
+        if not chosen:
+            raise NothingQuantized(
+                f"L-DNQ found no layer to quantize among {len(layers)} Conv2d/Linear layers",
+                {"layers": [n for n, _ in layers]},
+            )
+        part = subset(
+            data.train, params.data_ratio, seed=params.subset_seed, balanced=params.class_balanced
+        )
+        self.layer_records = []
+        start = self._resume(model, chosen, params, ctx)
+        n = len(chosen)
+        for i in range(start, n):
+            name, layer = chosen[i]
+            ctx.check_cancelled()
+            ctx.report("l_dnq", i / n, layer=i + 1, layers=n)
+            record = self._quantize_layer(
+                model, teacher, part, i, name, layer, float_layers, params, ctx
+            )
+            self.layer_records.append(record)
+            ctx.report(
+                "l_dnq",
+                (i + 1) / n,
+                layer=i + 1,
+                layers=n,
+                **{k: v for k, v in asdict(record).items() if k != "layer"},
+            )
+            ctx.save_checkpoint(
+                _CHECKPOINT,
+                {
+                    "next_layer": i + 1,
+                    "model": model.state_dict(),
+                    "records": [asdict(r) for r in self.layer_records],
+                },
+            )
+        return model.to(device).eval()
+
+    def _resume(
+        self,
+        model: nn.Module,
+        chosen: list[tuple[str, WeightLayer]],
+        params: LDNQParams,
+        ctx: RunContext,
+    ) -> int:
+        state = ctx.load_checkpoint(_CHECKPOINT)
+        if state is None:
+            return 0
+        done = int(state["next_layer"])
+        for name, layer in chosen[:done]:
+            _swap_in(
+                model, name, layer, PowerOfTwoLevels(params.kbits, legacy_ties=params.legacy_ties)
+            )
+        model.load_state_dict(state["model"])
+        model.to(ctx.device)
+        self.layer_records = [LayerRecord(**r) for r in state["records"]]
+        return done
+
+    def _quantize_layer(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        part: Dataset,
+        index: int,
+        name: str,
+        layer: WeightLayer,
+        float_layers: list[str],
+        params: LDNQParams,
+        ctx: RunContext,
+    ) -> LayerRecord:
+        device = ctx.device
+        bias_row = params.quantize_bias_jointly and layer.bias is not None
+        # §3.3: the Hessian from the partly quantized network's inputs, eval mode.
+        hess_loader = _shuffled_loader(
+            part,
+            params.hessian_batch_size,
+            ctx.seed * 1_000_003 + 2 * index,
+            drop_last=len(part) >= params.hessian_batch_size,  # type: ignore[arg-type]
+        )
+        hessian = collect_hessian(
+            model,
+            layer,
+            (x.to(device) for x, _ in hess_loader),
+            num_batches=params.hessian_num_batches,
+            divisor=params.hessian_divisor,
+            layout=params.hessian_layout,
+            bias_row=bias_row,
+        )
+        # §4: ADMM on the current float weight (float64), result written back as α·Q.
+        w0 = unfold_weight(layer, bias_row=bias_row).double()  # (D, O)
+        result = admm_quantize(
+            w0,
+            hessian,
+            params.kbits,
+            rho_factor=params.rho_factor,
+            rho_mode=params.rho_mode,
+            max_iter=params.admm_max_iter,
+            tol=params.admm_tol,
+            patience=params.admm_patience,
+            proj_max_iter=params.proj_max_iter,
+            proj_tol=params.proj_tol,
+            legacy_ties=params.legacy_ties,
+        )
+        alpha = result.alpha.float()  # the stored α: the grid is α32 · m exactly
+        grid = alpha * result.codes.float()  # (D, O)
+        fan_in = layer.weight[0].numel()
+        with torch.no_grad():
+            layer.weight.copy_(grid[:fan_in].T.reshape(layer.weight.shape))
+            if bias_row:
+                cast(Tensor, layer.bias).copy_(grid[fan_in])
+        quantizer = PowerOfTwoLevels(params.kbits, float(alpha), legacy_ties=params.legacy_ties)
+        wrapped = _swap_in(model, name, layer, quantizer.to(device))
+        if bias_row and params.freeze_quantized_bias:
+            wrapped.bias.requires_grad_(False)
+        epochs, steps, loss = 0, 0, float("nan")
+        if params.cascade:
+            epochs, steps, loss = self._cascade(
+                model, teacher, part, index, name, float_layers, params, ctx
+            )
+        return LayerRecord(
+            name,
+            float(alpha),
+            result.initial_error,
+            result.error,
+            result.iterations,
+            epochs,
+            steps,
+            loss,
+        )
+
+    def _cascade(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        part: Dataset,
+        index: int,
+        name: str,
+        float_layers: list[str],
+        params: LDNQParams,
+        ctx: RunContext,
+    ) -> tuple[int, int, float]:
+        """§6: SGD so the partly quantized logits match the float ones; (epochs, steps, loss)."""
+        wanted = set(
+            cascade_trainable(
+                model, name, float_layers=float_layers, train_all_bn=params.train_all_bn
+            )
+        )
+        trainable = [p for n, p in model.named_parameters() if n in wanted and p.requires_grad]
+        if not trainable:
+            return 0, 0, float("nan")
+        opt = torch.optim.SGD(
+            trainable,
+            lr=params.cascade_lr,
+            momentum=params.cascade_momentum,
+            weight_decay=params.cascade_weight_decay,
+        )
+        drop_last = len(part) >= params.batch_size  # type: ignore[arg-type]
+        loader = _shuffled_loader(
+            part, params.batch_size, ctx.seed * 1_000_003 + 2 * index + 1, drop_last=drop_last
+        )
+        rule = PlateauRule(params.cascade_gap, params.cascade_patience)
+        total, count, steps, avg = 0.0, 0, 0, float("nan")
+        model.train(params.student_mode == "train")
+        teacher.train(params.teacher_mode == "train")
+        try:
+            for epoch in range(params.cascade_max_epochs):
+                for b, (x, _) in enumerate(loader):
+                    ctx.check_cancelled()
+                    x = x.to(ctx.device)
+                    with torch.no_grad():
+                        target = teacher(x)  # (B, classes)
+                    loss = F.mse_loss(model(x), target)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    steps += 1
+                    total, count = total + float(loss.detach()) * len(x), count + len(x)
+                    avg = total / count
+                    if b % params.cascade_check_every == 0 and rule.check(avg):
+                        return epoch + 1, steps, avg
+                ctx.report(
+                    "l_dnq:cascade",
+                    (epoch + 1) / params.cascade_max_epochs,
+                    layer=index + 1,
+                    cascade_epoch=epoch + 1,
+                    cascade_loss=avg,
+                )
+            return params.cascade_max_epochs, steps, avg
+        finally:
+            model.eval()

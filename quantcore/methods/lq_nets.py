@@ -1,0 +1,699 @@
+"""LQ-Nets: learned K-bit bases for weights and activations, refit by QEM every training step.
+
+Paper: Zhang, Yang, Ye, Hua, "LQ-Nets: Learned Quantization for Highly Accurate and Compact Deep
+Neural Networks", ECCV 2018 (arXiv:1807.10029). Official code: github.com/microsoft/LQ-Nets
+(TensorFlow 1.x + tensorpack), ``learned_quantization.py`` at ``4f3ea9b`` (quantizer logic
+unchanged since ``86b9b75``). Specification: ../shared/methods/lq-nets.md (cited as §N below).
+
+Every quantized weight row (one output channel) has a basis v ∈ R^K and takes the nearest of the
+2^K levels vᵀb, b ∈ {-1,+1}^K; every activation quantizer has one basis per layer with
+b ∈ {0,1}^K (§2). Bases are not trained by gradient: each training step encodes the tensor with
+the current basis, solves the KxK least-squares problem for the basis that best reconstructs it
+with those codes (QEM, §3.2) and moves the stored basis toward it with a moving average (§3.3).
+Gradients are straight-through: identity for weights, clipped above the top level for activations
+(§5). First conv and last linear stay float (§6.1).
+
+Where the paper, the official code and this file differ (§10), the default is the official code:
+
+- D1 moving average: TF's zero-debiased ``assign_moving_average`` (``qem_debias=True``: after the
+  first step the basis equals that step's solution). ``qem_debias=False`` is the plain
+  0.9/0.1 average a "moving average" suggests.
+- D2 solves: the weight solve has a 1e-4 ridge toward the old basis, the activation solve none
+  (official). Extension, on by default: the activation update is skipped when BᵀB is singular or
+  cond(BᵀB) > 1e6 (``act_singular_guard``), where TF would produce inf/NaN or an unstable
+  solution; well-conditioned steps are untouched. ``qem_ridge_a > 0`` is the other extension.
+- D3/D4 QEM runs inside the quantizer's forward in training mode, after the output was computed
+  with the pre-update basis, once per forward (``LQ*Quantizer.qem_enabled`` turns it off, e.g.
+  for a second forward in one step). Eval never updates.
+- Q1 lowest code: the official threshold sweep starts every element at code index 0 (all -1 /
+  all 0) while its value starts at s_0 (weights) or 0 (activations); with a negative basis entry
+  the code of the lowest bucket then decodes to another level and QEM fits on it
+  (``legacy_lowest_code=True``, default). ``False`` uses the code (and value) of the smallest
+  level. The *exported* codes are always those of the chosen level (§8), so the artifact decodes
+  to exactly the weight the layer computed with.
+- Q2/Q3 ties: among equal levels the higher code index sorts first; a value exactly on a
+  threshold takes the lower level (strict ``>``).
+- P1 multi-GPU: single-device semantics (QEM on the whole batch).
+- P4 ``basis_init="qem"`` (extension for fine-tuning a float model; official: the fan-out
+  constants of §4): five encode/solve iterations on the initial weights and on one calibration
+  batch for the activations.
+- Schedules (§7): the scheduler steps once per epoch (the shared loop), so the ImageNet linear
+  decay, per step in the official code, is applied per epoch here. Paper settings themselves
+  could not be read (§0); the defaults are the README's ImageNet command.
+- Placement (§6): first/last layer float; an activation quantizer on the input of every quantized
+  layer. In LQ-Nets' pre-activation ResNet (§6.2) the projection shortcut of a stage's first block
+  reads the same quantized tensor as the block's first conv: its input quantizer *follows* the
+  conv's (same basis, no QEM of its own), giving the 16 activation quantizers of §11.1 (10).
+  An activation quantizer that sees negative inputs (not post-ReLU) logs a warning once.
+- Storage (§8): K bits per weight (code index, bit j = b_j) plus K float32 per output channel
+  (codebook kind ``bases``); each activation quantizer's basis and EMA state travel as float
+  state.
+- Not supported: ``w_bits=32`` with quantized activations. The quantized-weight contract holds
+  at most 8 bits per weight, so a float weight cannot carry an input quantizer; it is refused
+  with InvalidParams. (W32/A32 would quantize nothing.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal, cast
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from quantcore.context import RunContext
+from quantcore.data import DataBundle
+from quantcore.errors import InvalidParams
+from quantcore.layers import InputQuantizer, WeightQuantizer, quant_layers
+from quantcore.methods.base import Method, MethodParams
+from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
+from quantcore.surgery import quantize_model
+from quantcore.training import seed_everything, train
+from quantcore.zoo.preact_resnet import PreActBasicBlock
+
+log = logging.getLogger(__name__)
+
+W_INIT_SCALE = 0.6745  # §4: Φ⁻¹(0.75), the official constant
+A_INIT_TOP = 1.349  # §4: 2 · 0.6745, the initial top activation level
+QEM_INIT_ITERATIONS = 5  # §10 P4
+SINGULAR_COND = 1e6  # §3.5 recommended guard
+
+Schedule = Literal["imagenet_linear", "imagenet_step", "cifar10_step", "cosine"]
+
+
+class LQNetsParams(MethodParams):
+    """Defaults: the official ImageNet command (§7.1, §13). Small-data preset: SMALL_DATA_PRESET."""
+
+    w_bits: Literal[1, 2, 3, 4, 32] = Field(
+        2, description="K_w, bits per weight (basis size per output channel); 32 = float weights."
+    )
+    a_bits: Literal[2, 3, 4, 32] = Field(
+        2, description="K_a, bits per activation (one basis per layer); 32 = float activations."
+    )
+    epochs: int = Field(64, ge=1, le=1000, description="Training epochs (ImageNet: 64).")
+    batch_size: int = Field(256, ge=1, le=4096, description="Minibatch size (ImageNet: 256).")
+    lr: float = Field(0.1, gt=0, le=10, description="Initial learning rate (ImageNet: 0.1).")
+    lr_schedule: Schedule = Field(
+        "imagenet_linear",
+        description=(
+            "imagenet_linear: linear decay lr → 1e-5 over the run; imagenet_step: x0.1 after "
+            "epochs 30, 60, 85, 95, 105; cifar10_step: x0.1 after epochs 80, 160, 300; "
+            "cosine: cosine decay to 0 (small-data preset). Stepped once per epoch."
+        ),
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum (ImageNet script; CIFAR: off).")
+    weight_decay: float = Field(
+        5e-5, ge=0, le=1, description="L2 on conv/linear weights only (never bases, BN, biases)."
+    )
+    qem_momentum: float = Field(
+        0.9, gt=0, lt=1, description="Decay of the basis moving average (new solution: 1 - it)."
+    )
+    qem_debias: bool = Field(
+        True, description="Zero-debiased moving average as TF's (official); off: plain average."
+    )
+    qem_ridge_w: float = Field(
+        1e-4, ge=0, le=1, description="Ridge toward the old basis in the weight solve (official)."
+    )
+    qem_ridge_a: float = Field(
+        0.0, ge=0, le=1, description="Ridge in the activation solve (official: none)."
+    )
+    act_singular_guard: bool = Field(
+        True, description="Skip an activation update whose BᵀB is singular (extension)."
+    )
+    basis_init: Literal["official", "qem"] = Field(
+        "official",
+        description="official: the fan-out constants of §4; qem: 5 encode/solve iterations on "
+        "the float weights and one calibration batch (for fine-tuning).",
+    )
+    calibration_batch: int = Field(
+        256, ge=1, le=4096, description="Images in the activation calibration batch (qem init)."
+    )
+    legacy_lowest_code: bool = Field(
+        True, description="Official quirk: the lowest bucket gets code 0, not its level's code."
+    )
+    keep_first_last: bool = Field(
+        True, description="Keep the first conv and the last linear layer in float (official)."
+    )
+
+
+# §13 small-data preset (LeNet-5 / Fashion-MNIST from a float model; not from the paper or code).
+SMALL_DATA_PRESET: dict[str, Any] = {
+    "epochs": 15,
+    "batch_size": 128,
+    "lr": 0.01,
+    "lr_schedule": "cosine",
+    "nesterov": True,
+    "weight_decay": 5e-5,
+    "basis_init": "qem",
+    "calibration_batch": 256,
+}
+# §7.2 official CIFAR-10 VGG-Small script.
+CIFAR10_PRESET: dict[str, Any] = {
+    "epochs": 400,
+    "batch_size": 100,
+    "lr": 0.02,
+    "lr_schedule": "cifar10_step",
+    "nesterov": False,
+    "weight_decay": 5e-4,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Math (§2-§4)
+# ---------------------------------------------------------------------------------------------
+
+
+def code_table(bits: int, signed: bool, device: torch.device | None = None) -> Tensor:
+    """§2.1 E[i, j] = bit j of i, as ±1 (weights, ``signed``) or 0/1 (activations); (2^K, K)."""
+    idx = torch.arange(2**bits, device=device)  # (L,)
+    table = ((idx.unsqueeze(-1) >> torch.arange(bits, device=device)) & 1).float()  # (L, K)
+    return table * 2 - 1 if signed else table
+
+
+def sorted_levels(basis: Tensor, signed: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """§2.2 steps 1-3 for bases ``(G, K)``: sorted levels, sort ids ``(G, L)``, thresholds.
+
+    Among equal levels the higher code index comes first (Q2). Thresholds are
+    ½ s_k + ½ s_{k+1}, ``(G, L - 1)``.
+    """
+    table = code_table(basis.shape[-1], signed, basis.device).to(basis.dtype)  # (L, K)
+    values = (basis.unsqueeze(-2) * table).sum(-1)  # (G, L): l_i = E[i]·v
+    # A stable sort of the reversed values puts the higher code index first among ties.
+    levels, order = torch.sort(values.flip(-1), dim=-1, stable=True)  # (G, L)
+    sort_id = values.shape[-1] - 1 - order  # (G, L)
+    thresholds = 0.5 * levels[..., :-1] + 0.5 * levels[..., 1:]  # (G, L-1)
+    return levels, sort_id, thresholds
+
+
+def encode(
+    x: Tensor, basis: Tensor, signed: bool, legacy_lowest_code: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """§2.2: quantize each row of ``x`` ``(G, n)`` with its basis ``(G, K)``.
+
+    Returns ``(y, level_index, code_index, qem_codes)``: the quantized values ``(G, n)``, the rank
+    of the chosen level ``(G, n)``, the code index of the chosen level ``(G, n)`` (what decodes
+    to ``y``: the exported code) and the code table rows QEM uses per level rank ``(G, L, K)``
+    (with ``legacy_lowest_code`` row 0 is code 0 (Q1); else the chosen levels' codes).
+    """
+    y, level_index, sort_id, qem_codes = _encode_levels(x, basis, signed, legacy_lowest_code)
+    code_index = sort_id.gather(1, level_index)  # (G, n)
+    return y, level_index, code_index, qem_codes
+
+
+def _encode_levels(
+    x: Tensor, basis: Tensor, signed: bool, legacy_lowest_code: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`encode` without the per-element code index.
+
+    Returns ``(y, level_index, sort_id, qem_codes)``.
+    """
+    levels, sort_id, thresholds = sorted_levels(basis, signed)  # (G, L), (G, L), (G, L-1)
+    if legacy_lowest_code and not signed:  # the official sweep starts activations at value 0
+        levels = torch.cat([torch.zeros_like(levels[:, :1]), levels[:, 1:]], dim=1)  # (G, L)
+    # Strict x > t_k counts the thresholds below x: the rank of the highest threshold exceeded.
+    if x.shape[0] == 1:  # one shared basis (activations): the 1-D search is the fast path
+        level_index = torch.bucketize(x[0], thresholds[0], right=False).unsqueeze(0)  # (1, n)
+        y = levels[0][level_index]  # (1, n)
+    else:
+        level_index = torch.searchsorted(thresholds.contiguous(), x.contiguous(), right=False)
+        y = levels.gather(1, level_index)  # (G, n)
+    table = code_table(basis.shape[-1], signed, basis.device).to(basis.dtype)  # (L, K)
+    qem_codes = table[sort_id]  # (G, L, K)
+    if legacy_lowest_code:
+        qem_codes[:, 0] = table[0]
+    return y, level_index, sort_id, qem_codes
+
+
+def normal_equations(x: Tensor, level_index: Tensor, qem_codes: Tensor) -> tuple[Tensor, Tensor]:
+    """§3.2 BᵀB ``(G, K, K)`` and Bᵀx ``(G, K)`` from per-level counts and sums, O(n + L·K²).
+
+    B's row for an element is ``qem_codes[g, level_index]``; grouping equal rows gives
+    BᵀB = Σ_l count_l e_l e_lᵀ and Bᵀx = Σ_l (Σ_{x at l} x) e_l without an (n, K) tensor.
+    """
+    g, big_l = qem_codes.shape[:2]
+    counts = torch.zeros(g, big_l, dtype=x.dtype, device=x.device)  # (G, L)
+    counts.scatter_add_(1, level_index, x.new_ones(()).expand_as(x))  # no (G, n) ones tensor
+    sums = torch.zeros(g, big_l, dtype=x.dtype, device=x.device)  # (G, L)
+    sums.scatter_add_(1, level_index, x)
+    codes_t = qem_codes.transpose(1, 2)  # (G, K, L)
+    btb = codes_t @ (counts.unsqueeze(-1) * qem_codes)  # (G, K, K)
+    btx = (codes_t @ sums.unsqueeze(-1)).squeeze(-1)  # (G, K)
+    return btb, btx
+
+
+def solve_basis(
+    btb: Tensor, btx: Tensor, old: Tensor, ridge: float, check: bool = True
+) -> tuple[Tensor, Tensor]:
+    """§3.2 u = (BᵀB + δI)⁻¹(Bᵀx + δ v_old), batched; returns ``(u (G, K), ok (G,))``.
+
+    With ``check``, ``ok`` is false where the system is singular, or cond > 1e6 (§3.5 guard), or
+    u is not finite; without it (the ridged weight solve, always invertible) ``ok`` is all true.
+    """
+    k = btb.shape[-1]
+    eye = torch.eye(k, dtype=btb.dtype, device=btb.device)  # (K, K)
+    a = btb + ridge * eye  # (G, K, K)
+    b = btx + ridge * old  # (G, K)
+    u, info = torch.linalg.solve_ex(a, b)  # (G, K), (G,)
+    if not check:
+        return u, torch.ones_like(info, dtype=torch.bool)
+    diag_ok = torch.diagonal(a, dim1=-2, dim2=-1).amin(-1) > 0  # (G,)
+    cond_ok = torch.linalg.cond(a) <= SINGULAR_COND  # (G,)
+    ok = (info == 0) & diag_ok & cond_ok & torch.isfinite(u).all(-1)  # (G,)
+    return u, ok
+
+
+def moving_average(
+    basis: Tensor, biased: Tensor, steps: Tensor, u: Tensor, momentum: float, debias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """§3.3 one EMA update; returns new ``(basis, biased, steps)``.
+
+    Debiased (TF ``assign_moving_average``, zero_debias): biased ← biased - (1-m)(biased - u),
+    τ ← τ + 1, basis = biased / (1 - m^τ). Plain: basis ← basis - (1-m)(basis - u).
+    """
+    if not debias:
+        return basis - (1 - momentum) * (basis - u), biased, steps
+    biased = biased - (1 - momentum) * (biased - u)
+    steps = steps + 1
+    return biased / (1 - momentum**steps), biased, steps
+
+
+def initial_weight_basis(bits: int, fan_out: int) -> Tensor:
+    """§4 weights: v_j = 2^j · 0.6745·sqrt(2/n)/2^(K-1), n = kh·kw·C_out; ``(K,)`` float32."""
+    base = W_INIT_SCALE * math.sqrt(2.0 / fan_out) / 2 ** (bits - 1)
+    return torch.tensor([base * 2**j for j in range(bits)], dtype=torch.float32)
+
+
+def initial_act_basis(bits: int) -> Tensor:
+    """§4 activations: v_j = (2·0.6745/(2^K - 1))·2^j; levels uniform on [0, 1.349]; ``(K,)``."""
+    c = W_INIT_SCALE * 2 / (2**bits - 1)
+    return torch.tensor([c * 2**j for j in range(bits)], dtype=torch.float32)
+
+
+def weight_fan_out(layer: nn.Module) -> int:
+    """§4 n = kh·kw·C_out (a linear layer counts as a 1x1 conv: n = C_out)."""
+    w = cast(Tensor, layer.weight)
+    return int(w.shape[0] * math.prod(w.shape[2:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizer modules
+# ---------------------------------------------------------------------------------------------
+
+
+class _QEMState(nn.Module):
+    """Basis buffers shared by both quantizers: ``basis``, EMA ``biased`` and step count ``steps``.
+
+    All three are persistent: a resumed run reproduces the official moving average (§3.3).
+    """
+
+    signed: bool
+    legacy_lowest_code: bool
+    basis: Tensor
+    biased: Tensor
+    steps: Tensor
+
+    def _init_state(self, basis: Tensor, momentum: float, debias: bool, ridge: float) -> None:
+        self.register_buffer("basis", basis.clone().float())
+        self.register_buffer("biased", torch.zeros_like(self.basis))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.float32))
+        self.momentum = momentum
+        self.debias = debias
+        self.ridge = ridge
+        self.guard = False
+        self.qem_enabled = True
+
+    @torch.no_grad()
+    def _qem_update(self, x: Tensor, level_index: Tensor, qem_codes: Tensor) -> None:
+        """§3.1-§3.3: one solve on this step's codes, then the moving average."""
+        basis = self.basis.view(-1, self.basis.shape[-1])  # (G, K)
+        btb, btx = normal_equations(x.float(), level_index, qem_codes)  # (G,K,K), (G,K)
+        u, ok = solve_basis(btb, btx, basis, self.ridge, self.guard)  # (G, K), (G,)
+        new_basis, new_biased, new_steps = moving_average(
+            basis, self.biased.view_as(basis), self.steps, u, self.momentum, self.debias
+        )
+        if self.guard:  # skip the whole update (basis, EMA state) when singular (§3.5)
+            keep = ok.all()
+            new_basis = torch.where(keep, new_basis, basis)
+            new_biased = torch.where(keep, new_biased, self.biased.view_as(basis))
+            new_steps = torch.where(keep, new_steps, self.steps)
+        self.basis.copy_(new_basis.view_as(self.basis))
+        self.biased.copy_(new_biased.view_as(self.biased))
+        self.steps.copy_(new_steps)
+
+    @torch.no_grad()
+    def fit_basis(self, x: Tensor, iterations: int = QEM_INIT_ITERATIONS) -> None:
+        """§10 P4: ``iterations`` encode/solve rounds on ``x``, no moving average.
+
+        Each round is this quantizer's own solve (weights keep their ridge toward the previous
+        round's basis); a singular row keeps its basis.
+        """
+        basis = self.basis.view(-1, self.basis.shape[-1])  # (G, K)
+        rows = x.detach().float().reshape(basis.shape[0], -1)  # (G, n)
+        for _ in range(iterations):
+            _, idx, _, qem_codes = encode(rows, basis, self.signed, self.legacy_lowest_code)
+            btb, btx = normal_equations(rows, idx, qem_codes)  # (G,K,K), (G,K)
+            u, ok = solve_basis(btb, btx, basis, self.ridge)  # (G, K), (G,)
+            basis = torch.where(ok.unsqueeze(-1), u, basis)  # singular rows keep their basis
+        self.basis.copy_(basis.view_as(self.basis))
+
+
+class _WeightSTE(torch.autograd.Function):
+    """§5 weights: forward Q(W), backward identity (no mask, no clip)."""
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, y: Tensor) -> Tensor:
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class _ActSTE(torch.autograd.Function):
+    """§5 activations: forward Q(x), backward ∂L/∂y · [x ≤ s_max] (the pre-update top level)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, top: Tensor) -> Tensor:
+        ctx.save_for_backward(x <= top)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
+class LQWeightQuantizer(_QEMState, WeightQuantizer):
+    """§2.3 one K-bit basis per output channel, signed codes; QEM in training forwards.
+
+    Buffers: ``basis`` (C_out, K), ``biased`` (C_out, K), ``steps`` (). Export: code index per
+    weight (bit k ↔ b_k = +1), codebook = the channel's basis, kind ``bases``, per channel.
+    """
+
+    signed = True
+
+    def __init__(
+        self,
+        bits: int,
+        out_channels: int,
+        fan_out: int,
+        *,
+        momentum: float = 0.9,
+        debias: bool = True,
+        ridge: float = 1e-4,
+        legacy_lowest_code: bool = True,
+    ) -> None:
+        super().__init__()
+        self.bits = bits
+        self.legacy_lowest_code = legacy_lowest_code
+        basis = initial_weight_basis(bits, fan_out).expand(out_channels, bits)  # (C_out, K)
+        self._init_state(basis, momentum, debias, ridge)
+
+    def _rows(self, w: Tensor) -> Tensor:
+        return w.detach().reshape(w.shape[0], -1).to(self.basis.dtype)  # (C_out, M)
+
+    def forward(self, w: Tensor) -> Tensor:
+        if not self.training:
+            return _WeightSTE.apply(w, dequantize(self.export(w)).to(w.dtype))
+        rows = self._rows(w)  # (C_out, M)
+        with torch.no_grad():
+            y, idx, _, qem_codes = encode(rows, self.basis, True, self.legacy_lowest_code)
+            if self.qem_enabled:  # after the forward value: it used the pre-update basis (D4)
+                self._qem_update(rows, idx, qem_codes)
+        return _WeightSTE.apply(w, y.reshape(w.shape).to(w.dtype))
+
+    def export(self, w: Tensor) -> QuantizedWeight:
+        shape = tuple(w.shape)
+        with torch.no_grad():
+            _, _, code_index, _ = encode(self._rows(w), self.basis, True)  # (C_out, M)
+        return QuantizedWeight(
+            shape=shape,
+            grouping=Grouping.per_channel(shape),
+            codes=code_index.to(torch.uint8),
+            bits=torch.full((shape[0],), self.bits, dtype=torch.uint8, device=w.device),
+            codebook=self.basis.detach().float().clone(),  # (C_out, K)
+            kind=CodebookKind.BASES,
+        )
+
+
+class LQActQuantizer(_QEMState, InputQuantizer):
+    """§2.4 one K-bit basis per layer with 0/1 codes; QEM on the whole batch in training.
+
+    A *follower* (see :meth:`follow`) quantizes with its leader's basis (the pre-update one during
+    a training step) and runs no QEM: the §6.2 projection shortcut that reads the same quantized
+    tensor as its block's first conv.
+    """
+
+    kind = "lq_nets_act"
+    signed = False
+
+    def __init__(
+        self,
+        bits: int,
+        *,
+        momentum: float = 0.9,
+        debias: bool = True,
+        ridge: float = 0.0,
+        singular_guard: bool = True,
+        legacy_lowest_code: bool = True,
+        ste_clip_top: bool = True,
+    ) -> None:
+        super().__init__()
+        self.bits = bits
+        self.legacy_lowest_code = legacy_lowest_code
+        self.ste_clip_top = ste_clip_top
+        self.singular_guard = singular_guard
+        self._init_state(initial_act_basis(bits), momentum, debias, ridge)
+        self.guard = singular_guard
+        self._leader: tuple[LQActQuantizer, ...] = ()
+        self._step_basis: Tensor | None = None
+        self._sign_checked = False
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "momentum": self.momentum,
+            "debias": self.debias,
+            "ridge": self.ridge,
+            "singular_guard": self.singular_guard,
+            "legacy_lowest_code": self.legacy_lowest_code,
+            "ste_clip_top": self.ste_clip_top,
+        }
+
+    def follow(self, leader: LQActQuantizer) -> None:
+        """Quantize with ``leader``'s basis from now on (kept in sync in this module's buffer)."""
+        self._leader = (leader,)  # a tuple: not registered as a submodule
+        with torch.no_grad():
+            self.basis.copy_(leader.basis)
+
+    def _basis_in_use(self) -> Tensor:
+        """The basis this step quantized with: pre-update while training (D4)."""
+        if self.training and self._step_basis is not None:
+            return self._step_basis
+        return self.basis
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._leader:
+            leader = self._leader[0]
+            basis = leader._basis_in_use().detach()
+            with torch.no_grad():
+                self.basis.copy_(leader.basis)
+        else:
+            basis = self.basis
+        flat = x.detach().reshape(1, -1).to(basis.dtype)  # (1, numel)
+        if not self._sign_checked:  # one host sync per quantizer and run (§6.4 default rule)
+            self._sign_checked = True
+            if bool((flat < 0).any()):
+                log.warning(
+                    "LQ-Nets activation quantizer sees negative inputs: its levels are >= 0 "
+                    "(post-ReLU input expected), so negatives map to the lowest level"
+                )
+        with torch.no_grad():
+            y, idx, _, qem_codes = _encode_levels(
+                flat, basis.view(1, -1), False, self.legacy_lowest_code
+            )
+            top = sorted_levels(basis.view(1, -1), False)[0][0, -1]  # () pre-update s_max
+            if self.training and not self._leader:
+                self._step_basis = basis.clone()
+                if self.qem_enabled:
+                    self._qem_update(flat, idx, qem_codes)
+            elif not self.training:
+                self._step_basis = None
+        y = y.reshape(x.shape).to(x.dtype)
+        if not self.ste_clip_top:
+            top = torch.full_like(top, math.inf)
+        return _ActSTE.apply(x, y, top.to(x.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+# ---------------------------------------------------------------------------------------------
+
+
+def _lr_factor(schedule: str, epochs: int, base_lr: float) -> Any:
+    """Per-epoch multiplier of the initial lr for each named schedule (§7)."""
+
+    def imagenet_linear(e: int) -> float:  # (lr - 1e-5)(1 - e/E) + 1e-5, per epoch here
+        return ((base_lr - 1e-5) * (1 - e / epochs) + 1e-5) / base_lr
+
+    def step(milestones: tuple[int, ...]) -> Any:
+        return lambda e: 0.1 ** sum(e >= m for m in milestones)
+
+    def cosine(e: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * e / epochs))
+
+    table = {
+        "imagenet_linear": imagenet_linear,
+        "imagenet_step": step((30, 60, 85, 95, 105)),
+        "cifar10_step": step((80, 160, 300)),
+        "cosine": cosine,
+    }
+    return table[schedule]
+
+
+def _link_preact_shortcuts(model: nn.Module) -> None:
+    """§6.2: a projection shortcut reads the quantized stage input its block's conv1 reads."""
+    for block in model.modules():
+        conv1, down = getattr(block, "conv1", None), getattr(block, "downsample", None)
+        if not isinstance(block, PreActBasicBlock) or not isinstance(down, nn.Sequential):
+            continue
+        leader = getattr(conv1, "input_quantizer", None)
+        follower = getattr(down[0], "input_quantizer", None)
+        if isinstance(leader, LQActQuantizer) and isinstance(follower, LQActQuantizer):
+            follower.follow(leader)
+
+
+def _fit_hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Calibration pre-hook: fit an activation basis on the input it is about to quantize."""
+    assert isinstance(module, LQActQuantizer)
+    module.fit_basis(inputs[0])
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """§5 weight decay on every conv/linear weight (float first/last too), never on the rest."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+class LQNets(Method):
+    name = "lq_nets"
+    title = "LQ-Nets (learned quantizers, QEM)"
+    paper = "Zhang et al., LQ-Nets, ECCV 2018 (arXiv:1807.10029)"
+    summary = (
+        "Weights and activations on learned K-bit bases (per output channel / per layer), "
+        "refit every training step by least squares (QEM), trained with straight-through "
+        "gradients."
+    )
+    Params = LQNetsParams
+
+    def quantize(
+        self, model: nn.Module, data: DataBundle, params: LQNetsParams, ctx: RunContext
+    ) -> nn.Module:
+        if params.w_bits == 32:
+            # The quantized-weight contract holds at most 8 bits per weight (qweight.MAX_BITS), so
+            # a float weight cannot sit in a QuantConv2d/QuantLinear that carries the activation
+            # quantizer; activation-only LQ-Nets needs a float-weight slot in the contract.
+            raise InvalidParams(
+                "w_bits=32 (float weights) is not supported yet: choose w_bits in 1, 2, 3, 4",
+                {"w_bits": params.w_bits, "allowed": [1, 2, 3, 4]},
+            )
+        ctx.report("prepare", 0.0)
+        seed_everything(ctx.seed)
+        model.to(ctx.device)
+        train_loader, val_loader = data.loaders(params.batch_size, seed=ctx.seed)
+        self._insert_quantizers(model, params)
+        model.to(ctx.device)
+        if params.basis_init == "qem":
+            self._calibrate(model, data, params, ctx)
+        ctx.report("prepare", 1.0)
+
+        optimizer = torch.optim.SGD(
+            _decay_groups(model, params.weight_decay),
+            lr=params.lr,
+            momentum=params.momentum,
+            nesterov=params.nesterov and params.momentum > 0,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_factor(params.lr_schedule, params.epochs, params.lr)
+        )
+        train(
+            model,
+            train_loader,
+            epochs=params.epochs,
+            optimizer=optimizer,
+            ctx=ctx,
+            scheduler=scheduler,
+            val_loader=val_loader,
+            stage="lq_nets",
+        )
+        return model.to(ctx.device).eval()
+
+    @staticmethod
+    def _insert_quantizers(model: nn.Module, params: LQNetsParams) -> None:
+        def weight_quantizer(_name: str, layer: nn.Module) -> WeightQuantizer:
+            weight = cast(Tensor, layer.weight)
+            wq = LQWeightQuantizer(
+                params.w_bits,
+                weight.shape[0],
+                weight_fan_out(layer),
+                momentum=params.qem_momentum,
+                debias=params.qem_debias,
+                ridge=params.qem_ridge_w,
+                legacy_lowest_code=params.legacy_lowest_code,
+            )
+            if params.basis_init == "qem":
+                wq.fit_basis(weight)
+            return wq.to(weight.device)
+
+        def input_quantizer(_name: str, layer: nn.Module) -> InputQuantizer | None:
+            if params.a_bits == 32:
+                return None
+            iq = LQActQuantizer(
+                params.a_bits,
+                momentum=params.qem_momentum,
+                debias=params.qem_debias,
+                ridge=params.qem_ridge_a,
+                singular_guard=params.act_singular_guard,
+                legacy_lowest_code=params.legacy_lowest_code,
+            )
+            return iq.to(cast(Tensor, layer.weight).device)
+
+        quantize_model(
+            model,
+            weight_quantizer,
+            input_quantizer=input_quantizer,
+            keep_first_last=params.keep_first_last,
+        )
+        _link_preact_shortcuts(model)
+
+    @staticmethod
+    @torch.no_grad()
+    def _calibrate(
+        model: nn.Module, data: DataBundle, params: LQNetsParams, ctx: RunContext
+    ) -> None:
+        """§10 P4: fit every activation basis on one calibration batch, in network order."""
+        if params.a_bits == 32:
+            return
+        loader, _ = data.loaders(params.calibration_batch, seed=ctx.seed + 1)
+        x, _ = next(iter(loader))
+        hooks = []
+        for _, layer in quant_layers(model):
+            iq = layer.input_quantizer
+            if isinstance(iq, LQActQuantizer) and not iq._leader:
+                hooks.append(iq.register_forward_pre_hook(_fit_hook))
+        was_training = model.training
+        model.eval()
+        try:
+            model(x.to(ctx.device))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        _link_preact_shortcuts(model)
