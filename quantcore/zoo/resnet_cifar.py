@@ -153,3 +153,13 @@ def resnet56(*, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut 
     853,018 parameters for 10 classes.
     """
     return CifarResNet(9, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("resnet20b", title="ResNet-20 (CIFAR, 1x1-conv shortcuts)", source=_SOURCE)
+def resnet20b(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-20 for CIFAR-10 with option-B shortcuts (1x1 conv + BN where the shape changes).
+
+    The network L-DNQ's official code quantizes: 22 weight layers, the two downsample convs
+    included (see ../shared/refvectors/l-dnq/layer_order_and_trainable.json).
+    """
+    return CifarResNet(3, num_classes=num_classes, in_channels=in_channels, shortcut="B")

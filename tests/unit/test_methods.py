@@ -33,6 +33,14 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
         "batch_size": 512,
     },
     "lq_nets": {"epochs": 1, "batch_size": 128, "lr": 0.01, "lr_schedule": "cosine"},
+    "qnets": {
+        "epochs": 1,
+        "act_bits": 2,
+        "act_epochs": 1,
+        "joint_epochs": 1,
+        "batch_size": 128,
+        "calib_samples": 256,
+    },
     "l_dnq": {
         "data_ratio": 0.05,
         "batch_size": 16,

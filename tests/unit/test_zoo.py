@@ -34,6 +34,7 @@ EXPECTED_DEFAULTS = {
     "vgg_small": (3, (32, 32)),
     "vgg_small_lqnets": (3, (32, 32)),
     "resnet20": (3, (32, 32)),
+    "resnet20b": (3, (32, 32)),
     "resnet32": (3, (32, 32)),
     "resnet56": (3, (32, 32)),
     "preact_resnet18": (3, (224, 224)),
@@ -470,3 +471,20 @@ def test_torchvision_builds_download_nothing(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     for name in ("resnet18", "resnet34", "resnet50", "alexnet"):
         zoo.build(name)
+
+
+def test_resnet20b_has_the_layer_order_of_the_l_dnq_reference() -> None:
+    """../shared/refvectors/l-dnq/layer_order_and_trainable.json, without DataParallel's prefix."""
+    import json
+    from pathlib import Path
+
+    from quantcore.surgery import find_layers
+
+    reference = Path(__file__).resolve().parents[3] / "shared/refvectors/l-dnq"
+    path = reference / "layer_order_and_trainable.json"
+    if not path.exists():
+        pytest.skip("../shared is not beside the checkout")
+    order = json.loads(path.read_text())["ResNet20"]["layer_order"]
+    model = zoo.build("resnet20b")
+    x = torch.randn(1, 3, 32, 32)
+    assert [n for n, _ in find_layers(model, x)] == [n.removeprefix("module.") for n in order]
