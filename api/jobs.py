@@ -9,9 +9,9 @@ never overwritten. No FastAPI here: the worker uses these functions too.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.orm import Session
 
 from api.models import Job, JobStatus, utcnow
@@ -19,7 +19,8 @@ from api.models import Job, JobStatus, utcnow
 
 def _changed(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
     stmt = update(Job).where(Job.id == job_id, *conditions).values(**values)
-    return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def claim(

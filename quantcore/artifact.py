@@ -219,6 +219,8 @@ def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
             iq_spec = entry.get("input_quantizer")
             iq = InputQuantizer.from_kind(iq_spec["kind"], iq_spec["config"]) if iq_spec else None
             cls = QuantConv2d if entry["type"] == "conv2d" else QuantLinear
+            if not isinstance(float_layer, nn.Conv2d | nn.Linear):
+                raise ValueError(f"{entry['name']} is not a Conv2d/Linear layer in {spec.arch}")
             if tuple(float_layer.weight.shape) != qw.shape:
                 raise ValueError(
                     f"layer {entry['name']} has shape {qw.shape} in the artifact "

@@ -84,7 +84,7 @@ class InputQuantizer(nn.Module):
 class _QuantMixin:
     """Shared behaviour of the quantized layers (mixed into nn.Conv2d / nn.Linear subclasses)."""
 
-    weight: nn.Parameter
+    weight: Any  # the wrapped layer's latent float weight (an nn.Parameter)
     weight_quantizer: WeightQuantizer
     input_quantizer: InputQuantizer | None
     training: bool
@@ -156,7 +156,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
             input_quantizer=input_quantizer,
         )
         q.weight = conv.weight
-        q.bias = conv.bias
+        q.bias = conv.bias  # type: ignore[assignment]
         return q
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,7 +191,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
             input_quantizer=input_quantizer,
         )
         q.weight = linear.weight
-        q.bias = linear.bias
+        q.bias = linear.bias  # type: ignore[assignment]
         return q
 
     def forward(self, x: Tensor) -> Tensor:
@@ -204,7 +204,7 @@ QUANT_LAYER_TYPES: tuple[type[nn.Module], ...] = (QuantConv2d, QuantLinear)
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
     """The quantized layers of ``model`` in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYER_TYPES)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)]
 
 
 def float_state(model: nn.Module) -> dict[str, Tensor]:

@@ -29,7 +29,7 @@ def find_layers(
     forward order for every zoo architecture. With it, the order is that of the first call in one
     forward pass (layers never called are dropped), for models registered out of order.
     """
-    layers = [
+    layers: list[tuple[str, nn.Module]] = [
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, nn.Conv2d | nn.Linear) and not isinstance(m, QUANT_LAYER_TYPES)
