@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from api.deps import CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
-from api.models import Model
+from api.models import Job, JobStatus, Model
 from api.schemas import ModelPublic, ModelsPublic
 from api.storage import CHUNK, TooLarge
 from quantcore import InvalidParams, list_architectures
@@ -144,18 +144,21 @@ def get_model(model_id: Id, session: SessionDep, user: CurrentUser) -> Model:
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(model_id: Id, session: SessionDep, user: CurrentUser, storage: StorageDep) -> None:
+    """Delete a model with its finished jobs and their artifacts (refused while jobs run)."""
     model = owned(session, Model, model_id, user, "model")
-    from api.models import Job, JobStatus
-
-    busy = session.scalar(
-        select(func.count()).where(
-            Job.model_id == model.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
-        )
-    )
+    jobs = session.scalars(select(Job).where(Job.model_id == model.id)).unique().all()
+    busy = [j.id for j in jobs if not JobStatus(j.status).finished]
     if busy:
         raise ApiError(
-            409, "conflict", f"model {model_id} has {busy} unfinished job(s): cancel them first"
+            409,
+            "conflict",
+            f"model {model_id} has unfinished jobs {busy}: cancel them first",
+            {"jobs": busy},
         )
+    keys = [model.blob_key, *(a.blob_key for j in jobs for a in j.artifacts)]
+    for job in jobs:
+        session.delete(job)
     session.delete(model)
-    session.flush()
-    storage.delete(model.blob_key)
+    session.commit()
+    for key in keys:
+        storage.delete(key)

@@ -188,3 +188,20 @@ def test_a_job_whose_worker_is_killed_runs_again_and_succeeds_once(
     result = production.client.get(f"/api/v1/jobs/{job['id']}/result")
     assert result.status_code == 200
     assert len([a for a in done["artifacts"] if a["kind"] == "qpack"]) == 1
+
+
+def test_deleting_a_model_removes_its_jobs_and_files(
+    production: Service, lenet_weights: Path
+) -> None:
+    model = _upload(production, lenet_weights)
+    job = _submit(production, model["id"], params={"bits": 2})
+    done = production.wait_for(job["id"], {"succeeded"})
+    blobs = production.settings.resolved_blob_dir
+    before = {p for p in blobs.rglob("*") if p.is_file()}
+    assert production.client.delete(f"/api/v1/models/{model['id']}").status_code == 204
+    after = {p for p in blobs.rglob("*") if p.is_file()}
+    assert len(before - after) == 1 + len(done["artifacts"])  # the weights and every artifact
+    assert production.client.get(f"/api/v1/models/{model['id']}").status_code == 404
+    assert production.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    for artifact in done["artifacts"]:
+        assert production.client.get(f"/api/v1/artifacts/{artifact['id']}").status_code == 404
