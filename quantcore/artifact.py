@@ -6,7 +6,8 @@ A ``.qpack`` is a zip with two members:
     ``format`` ("qpack"), ``format_version``, the architecture (zoo name, classes, input
     channels, input size), the method (registry key and params), one entry per quantized layer
     (name, layer type, weight shape, grouping, codebook kind, bitwidth — one number, or
-    ``"per_group"`` —, the names of its tensors, its input quantizer's kind and config) and the
+    ``"per_group"`` —, its input quantizer's kind and config), the activation sites (name,
+    ``where``, quantizer kind and config; see :class:`~quantcore.layers.QuantAct`) and the
     per-layer table and metrics recorded when it was written.
 ``tensors.safetensors``
     per quantized layer ``q/<layer>/codes`` (codes bit-packed into uint8 by
@@ -37,8 +38,10 @@ from quantcore.errors import InvalidArtifact, QuantcoreError
 from quantcore.layers import (
     FrozenWeight,
     InputQuantizer,
+    QuantAct,
     QuantConv2d,
     QuantLinear,
+    activation_sites,
     float_state,
     quant_layers,
 )
@@ -121,6 +124,15 @@ def save_artifact(
         "model": spec.to_json(),
         "method": {"name": method, "params": dict(params)},
         "layers": layers,
+        "activation_sites": [
+            {
+                "name": name,
+                "where": site.where,
+                "kind": site.quantizer.kind,
+                "config": site.quantizer.config(),
+            }
+            for name, site in activation_sites(model)
+        ],
         "sizes": {k: v for k, v in report.to_json().items() if k != "layers"},
         "layer_table": [r.to_json() for r in report.layers],
         "metrics": dict(metrics or {}),
@@ -213,6 +225,10 @@ def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
     try:
         spec = ModelSpec.from_json(manifest["model"])
         model = zoo.build(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        for site in manifest.get("activation_sites", []):  # outer sites first, as saved
+            quantizer = InputQuantizer.from_kind(site["kind"], site["config"])
+            inner = model.get_submodule(site["name"])
+            set_submodule(model, site["name"], QuantAct(inner, quantizer, site["where"]))
         for entry in manifest["layers"]:
             qw = _quantized_weight(entry, tensors)
             float_layer = model.get_submodule(entry["name"])
@@ -255,20 +271,21 @@ def dequantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The quantized model as a plain state dict of the original float architecture.
 
     Quantized layers' weights are replaced by their dequantized values; quantizer state is
-    dropped, so input (activation) quantization is not part of this export: a float model loaded
-    from it computes the same outputs as the quantized one only when no input is quantized.
+    dropped and activation sites are unwrapped, so activation quantization is not part of this
+    export: a float model loaded from it computes the same outputs as the quantized one only
+    when no activation is quantized.
     """
     replaced = {f"{name}.weight": layer for name, layer in quant_layers(model)}
     quantizer_prefixes = tuple(
         f"{name}.{part}."
         for name in {n for n, _ in quant_layers(model)}
         for part in ("weight_quantizer", "input_quantizer")
-    )
+    ) + tuple(f"{name}.quantizer." for name, _ in activation_sites(model))
     state: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if key.startswith(quantizer_prefixes):
             continue
         layer = replaced.get(key)
         w = value if layer is None else dequantize(layer.export_weight()).to(value.dtype)
-        state[key] = w.detach().cpu().contiguous()
+        state[key.replace(".inner.", ".")] = w.detach().cpu().contiguous()
     return state

@@ -198,6 +198,36 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
 
 
+class QuantAct(nn.Module):
+    """An activation site: quantizes the output (or the input) of the module it wraps.
+
+    Used where activation quantization does not belong to one quantized layer's input: after a
+    ReLU whose output several layers read (a residual block's output, which the next block's
+    shortcut also sees), or at the input of a layer whose weight stays in float (e.g. LQ-Nets
+    W32/A2). ``where="output"``: ``quantizer(inner(x))``; ``where="input"``:
+    ``inner(quantizer(x))``. The artifact records each site by name, so the loaded model
+    quantizes the same activations.
+    """
+
+    def __init__(self, inner: nn.Module, quantizer: InputQuantizer, where: str = "output") -> None:
+        super().__init__()
+        if where not in ("output", "input"):
+            raise ValueError(f"where must be 'output' or 'input', got {where!r}")
+        self.inner = inner
+        self.quantizer = quantizer
+        self.where = where
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.where == "input":
+            return self.inner(self.quantizer(x))
+        return self.quantizer(self.inner(x))
+
+
+def activation_sites(model: nn.Module) -> list[tuple[str, QuantAct]]:
+    """The activation sites of ``model``, outer ones before the sites nested inside them."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantAct)]
+
+
 QuantLayer = QuantConv2d | QuantLinear
 QUANT_LAYER_TYPES: tuple[type[nn.Module], ...] = (QuantConv2d, QuantLinear)
 

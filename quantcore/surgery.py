@@ -11,6 +11,7 @@ from quantcore.errors import NothingQuantized
 from quantcore.layers import (
     QUANT_LAYER_TYPES,
     InputQuantizer,
+    QuantAct,
     QuantConv2d,
     QuantLinear,
     WeightQuantizer,
@@ -107,3 +108,27 @@ def quantize_model(
         wrapped.train(layer.training)
         set_submodule(model, name, wrapped)
     return [n for n, _ in chosen]
+
+
+def add_activation_sites(
+    model: nn.Module,
+    names: Sequence[str],
+    quantizer: InputQuantizerFactory,
+    *,
+    where: str = "output",
+) -> list[str]:
+    """Wrap each module in ``names`` (in place) in a :class:`QuantAct` site.
+
+    ``quantizer(name, module)`` builds the site's quantizer (None skips the site). Names are
+    paths in ``model`` as it is when called; wrapping a module moves its children under
+    ``<name>.inner``. Returns the names of the sites added.
+    """
+    added = []
+    for name in names:
+        module = model.get_submodule(name)
+        q = quantizer(name, module)
+        if q is None:
+            continue
+        set_submodule(model, name, QuantAct(module, q, where))
+        added.append(name)
+    return added

@@ -255,3 +255,39 @@ def test_dequantized_state_dict_loads_into_the_float_architecture() -> None:
     load_into(float_model, state)  # strict: same keys and shapes as the original architecture
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(float_model.eval()(x), model(x))
+
+
+def test_activation_sites_round_trip_and_unwrap_in_the_float_export(tmp_path: Path) -> None:
+    """Sites after a ReLU (output) and before a float layer (input), one nested in another."""
+    from quantcore.artifact import dequantized_state_dict
+    from quantcore.layers import QuantAct, activation_sites
+    from quantcore.loading import load_into
+    from quantcore.surgery import add_activation_sites
+
+    model = _lenet(bits=3)
+    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    first, last = find_layers(model)[0][0], "classifier"
+    add_activation_sites(model, relus, lambda _n, _m: ClipInput(steps=3))
+    add_activation_sites(model, [first], lambda _n, _m: ClipInput(steps=7), where="input")
+    add_activation_sites(model, [last], lambda _n, _m: ClipInput(steps=9))  # wraps sites inside
+    with torch.no_grad():
+        for _, site in activation_sites(model):
+            site.quantizer.top.fill_(3.0)
+    model.eval()
+    names = [n for n, _ in activation_sites(model)]
+    assert names[0] == first
+    assert f"{last}.inner.{relus[-1].split('.', 1)[1]}" in names
+
+    path = tmp_path / "sites.qpack"
+    manifest = save_artifact(model, path, spec=LENET, method="test", params={})
+    assert [s["name"] for s in manifest["activation_sites"]] == names
+    loaded = load_artifact(path)
+    x = torch.randn(4, 1, 28, 28)
+    assert (loaded(x) - model(x)).abs().max() <= 1e-5
+    assert [type(m) for _, m in activation_sites(loaded)] == [QuantAct] * len(names)
+    assert [s.where for _, s in activation_sites(loaded)] == [
+        s.where for _, s in activation_sites(model)
+    ]
+
+    float_model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    load_into(float_model, dequantized_state_dict(model))  # strict: the original key names
