@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.db import current_and_head, make_engine, make_sessionmaker, upgrade_to_head
+from api.limits import ConcurrencyLimit
 from api.queue import make_celery
 from api.routes import artifacts, health, jobs, meta, models
 from api.settings import Settings
@@ -41,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = LocalBlobStore(settings.resolved_blob_dir)
     app.state.celery = make_celery(settings, "quant-api")
     errors.install(app)
+    app.add_middleware(
+        ConcurrencyLimit, limit=settings.max_concurrent_requests, exempt_suffixes=("/events",)
+    )
     app.include_router(health.router)
     for router in (meta.router, models.router, jobs.router, artifacts.router):
         app.include_router(router, prefix=API_PREFIX)

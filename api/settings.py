@@ -38,6 +38,15 @@ class Settings(BaseSettings):
         description="Redis: an unacknowledged job message is delivered again "
         "after this long; keep it above the job time limit.",
     )
+    db_pool_size: int = Field(20, ge=1, le=1000, description="Database connections kept open.")
+    db_max_overflow: int = Field(10, ge=0, le=1000, description="Extra connections under load.")
+    max_concurrent_requests: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Requests served at once (others wait their turn); keep "
+        "it at most db_pool_size + db_max_overflow so a request never waits for a connection.",
+    )
     auto_migrate: bool = Field(False, description="Upgrade the database to head at start.")
     default_user: str = Field("local", description="Owner of resources until auth lands.")
 

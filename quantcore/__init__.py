@@ -18,6 +18,7 @@ from quantcore.errors import (
     UnknownName,
     UnsafeModelFile,
 )
+from quantcore.export import export_onnx
 from quantcore.layers import InputQuantizer, QuantConv2d, QuantLinear, WeightQuantizer
 from quantcore.loading import load_into, load_model, read_state_dict
 from quantcore.metrics import SizeReport, size_report
@@ -55,6 +56,7 @@ __all__ = [
     "build",
     "dequantize",
     "evaluate",
+    "export_onnx",
     "find_layers",
     "get_method",
     "list_architectures",

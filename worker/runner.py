@@ -33,6 +33,7 @@ from quantcore import (
     Cancelled,
     InvalidArtifact,
     InvalidDataset,
+    InvalidParams,
     ModelSpec,
     QuantcoreError,
     RunContext,
@@ -46,6 +47,7 @@ from quantcore import (
     size_report,
 )
 from quantcore.artifact import dequantized_state_dict
+from quantcore.export import export_onnx
 from worker.devices import peak_memory_bytes, reset_peak
 from worker.progress import ProgressWriter
 
@@ -233,6 +235,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
     files = {
         "qpack": out / "model.qpack",
         "safetensors": out / "dequantized.safetensors",
+        "onnx": out / "model.onnx",
         "report": out / "report.json",
     }
     save_artifact(
@@ -252,6 +255,15 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
             f"{after.top1:.2f}%: the artifact does not reproduce the model"
         )
     save_file(dequantized_state_dict(quantized), str(files["safetensors"]))
+    onnx_status = "written"
+    try:
+        export_onnx(
+            quantized, files["onnx"], input_shape=(spec.spec.in_channels, *spec.spec.input_size)
+        )
+    except InvalidParams as exc:  # e.g. an activation quantizer the exporter cannot trace
+        onnx_status = f"not exported: {exc.message}"
+        del files["onnx"]
+        log.warning("job %s: %s", spec.id, onnx_status)
     result = {
         "float_top1": before.top1,
         "float_top5": before.top5,
@@ -271,6 +283,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         "params": params.model_dump(mode="json"),
         "model": spec.spec.to_json(),
         "dataset": spec.dataset,
+        "onnx": onnx_status,
         **result,
     }
     files["report"].write_text(json.dumps(report, indent=1))
@@ -281,6 +294,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
 _MEDIA = {
     "qpack": ("model.qpack", "application/zip"),
     "safetensors": ("dequantized.safetensors", "application/octet-stream"),
+    "onnx": ("model.onnx", "application/octet-stream"),
     "report": ("report.json", "application/json"),
 }
 

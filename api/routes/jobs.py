@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
@@ -130,28 +131,33 @@ async def job_events(
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> StreamingResponse:
     """Server-Sent Events: one ``progress`` event per stored job event, then ``end``."""
-    owned(session, Job, job_id, user, "job")
-    session.close()
+    await run_in_threadpool(owned, session, Job, job_id, user, "job")
+    await run_in_threadpool(session.close)
     factory = request.app.state.sessionmaker
-    last_id = int(request.headers.get("last-event-id", after) or 0)
+    resume_from = request.headers.get("last-event-id", "")
+    last_id = int(resume_from) if resume_from.isdigit() else after
+
+    def poll(after_id: int) -> tuple[list[JobEvent], str | None]:
+        with factory() as s:
+            events = s.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+                .order_by(JobEvent.id)
+                .limit(200)
+            ).all()
+            job = s.get(Job, job_id)
+            return list(events), None if job is None else job.status
 
     async def stream() -> AsyncIterator[str]:
         nonlocal last_id
         while True:
-            with factory() as s:
-                events = s.scalars(
-                    select(JobEvent)
-                    .where(JobEvent.job_id == job_id, JobEvent.id > last_id)
-                    .order_by(JobEvent.id)
-                    .limit(200)
-                ).all()
-                job = s.get(Job, job_id)
+            events, job_status = await run_in_threadpool(poll, last_id)  # no DB in the loop
             for e in events:
                 last_id = e.id
                 data = JobEventPublic.model_validate(e).model_dump_json()
                 yield f"id: {e.id}\nevent: progress\ndata: {data}\n\n"
-            if job is None or (JobStatus(job.status).finished and not events):
-                end = {"status": None if job is None else job.status}
+            if job_status is None or (JobStatus(job_status).finished and not events):
+                end = {"status": job_status}
                 yield f"event: end\ndata: {json.dumps(end)}\n\n"
                 return
             if await request.is_disconnected():

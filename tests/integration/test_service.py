@@ -77,7 +77,7 @@ def _full_path(service: Service, weights: Path, tmp_path: Path) -> None:
     assert result["artifact_top1"] == result["top1"]
 
     qpack = next(a for a in done["artifacts"] if a["kind"] == "qpack")
-    assert {a["kind"] for a in done["artifacts"]} == {"qpack", "safetensors", "report"}
+    assert {a["kind"] for a in done["artifacts"]} == {"qpack", "safetensors", "onnx", "report"}
     download = service.client.get(f"/api/v1/artifacts/{qpack['id']}")
     assert download.status_code == 200
     assert int(download.headers["content-length"]) == qpack["size_bytes"]
@@ -88,7 +88,19 @@ def _full_path(service: Service, weights: Path, tmp_path: Path) -> None:
 
     data = load_dataset("digits", image_size=28)
     _, val = data.loaders(128)
-    assert evaluate(load_artifact(path), val).top1 == pytest.approx(result["top1"])
+    loaded = load_artifact(path)
+    assert evaluate(loaded, val).top1 == pytest.approx(result["top1"])
+
+    import onnxruntime
+
+    onnx_artifact = next(a for a in done["artifacts"] if a["kind"] == "onnx")
+    onnx_bytes = service.client.get(f"/api/v1/artifacts/{onnx_artifact['id']}").content
+    x, _ = next(iter(val))
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = loaded(x).numpy()
+    assert abs(logits - expected).max() < 1e-3
 
     part = service.client.get(f"/api/v1/artifacts/{qpack['id']}", headers={"Range": "bytes=10-19"})
     assert part.status_code == 206
