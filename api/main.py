@@ -8,7 +8,7 @@ from api import errors
 from api.db import current_and_head, make_engine, make_sessionmaker, upgrade_to_head
 from api.limits import ConcurrencyLimit
 from api.queue import make_celery
-from api.routes import artifacts, health, jobs, meta, models
+from api.routes import artifacts, datasets, health, jobs, meta, models
 from api.settings import Settings
 from api.storage import LocalBlobStore
 
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ConcurrencyLimit, limit=settings.max_concurrent_requests, exempt_suffixes=("/events",)
     )
     app.include_router(health.router)
-    for router in (meta.router, models.router, jobs.router, artifacts.router):
+    for router in (meta.router, datasets.router, models.router, jobs.router, artifacts.router):
         app.include_router(router, prefix=API_PREFIX)
     return app

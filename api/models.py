@@ -82,6 +82,27 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Dataset(Base):
+    """An uploaded dataset (an ``.npz`` with x_train, y_train, x_val, y_val) in the blob store."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))  # npz
+    num_classes: Mapped[int] = mapped_column(Integer)
+    in_channels: Mapped[int] = mapped_column(Integer)
+    input_height: Mapped[int] = mapped_column(Integer)
+    input_width: Mapped[int] = mapped_column(Integer)
+    num_train: Mapped[int] = mapped_column(Integer)
+    num_val: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "job"
 
@@ -90,7 +111,10 @@ class Job(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(64), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    dataset: Mapped[str] = mapped_column(String(64))
+    dataset: Mapped[str] = mapped_column(String(64))  # a built-in name, or "upload"
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset.id", ondelete="SET NULL"), index=True
+    )
     batch_size: Mapped[int] = mapped_column(Integer, default=128)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -48,10 +48,23 @@ class MethodPublic(_Out):
 
 
 class DatasetPublic(_Out):
+    """A built-in dataset (``id`` null, ``kind`` "builtin") or an uploaded one."""
+
+    id: int | None = None
     name: str
-    title: str
-    needs_root: bool
-    description: str
+    kind: str
+    title: str = ""
+    available: bool = True
+    description: str = ""
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_height: int | None = None
+    input_width: int | None = None
+    num_train: int | None = None
+    num_val: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: UtcDatetime | None = None
 
 
 class ModelPublic(_Out):
@@ -78,14 +91,23 @@ class JobCreate(BaseModel):
 
     model_id: int = Field(ge=1, le=2**62, description="An uploaded model's id.")
     method: str = Field(min_length=1, max_length=64, description="A method name from /methods.")
-    dataset: str = Field(
-        min_length=1, max_length=64, description="A built-in dataset name from /datasets."
+    dataset: str | None = Field(
+        None, min_length=1, max_length=64, description="A built-in dataset name from /datasets."
+    )
+    dataset_id: int | None = Field(
+        None, ge=1, le=2**62, description="An uploaded dataset's id (instead of `dataset`)."
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="The method's params (see its JSON schema)."
     )
     batch_size: int = Field(128, ge=1, le=4096, description="Evaluation and training batch size.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random choice.")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> JobCreate:
+        if (self.dataset is None) == (self.dataset_id is None):
+            raise ValueError("give exactly one of `dataset` (a built-in) and `dataset_id`")
+        return self
 
 
 class ArtifactPublic(_Out):
@@ -117,6 +139,7 @@ class JobPublic(_Out):
     method: str
     params: dict[str, Any]
     dataset: str
+    dataset_id: int | None
     batch_size: int
     seed: int
     status: str

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import jobs as transitions
 from api.db import session_scope
-from api.models import Artifact, Job, JobStatus, Model, Result
+from api.models import Artifact, Dataset, Job, JobStatus, Model, Result
 from api.settings import Settings
 from api.storage import LocalBlobStore
 from quantcore import (
@@ -68,6 +68,8 @@ class _JobSpec:
     seed: int
     model_path: Path
     spec: ModelSpec
+    dataset_id: int | None  # an uploaded .npz, else ``dataset`` is a built-in name
+    dataset_path: Path | None  # None for an upload deleted meanwhile
 
 
 class JobBusy(Exception):
@@ -115,6 +117,8 @@ def run_job(
                 model.in_channels,
                 (model.input_height, model.input_width),
             ),
+            job.dataset_id,
+            _dataset_path(s, storage, job.dataset_id),
         )
         transitions.heartbeat(s, job_id, device=str(device))
     log.info("job %s: claimed, running %s on %s", job_id, spec.method, device)
@@ -208,13 +212,23 @@ def _scratch(settings: Settings) -> Path:
     return settings.work_dir
 
 
+def _dataset_path(s: Session, storage: LocalBlobStore, dataset_id: int | None) -> Path | None:
+    if dataset_id is None:
+        return None
+    row = s.get(Dataset, dataset_id)
+    return None if row is None else storage.path(row.blob_key)
+
+
 def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     ctx.report("load", 0.0)
-    data = load_dataset(spec.dataset)
+    if spec.dataset_id is not None and spec.dataset_path is None:
+        raise InvalidDataset(f"the job's dataset {spec.dataset_id} was deleted")
+    name, root = ("npz", spec.dataset_path) if spec.dataset_path else (spec.dataset, None)
+    data = load_dataset(name, root=root)
     height, width = spec.spec.input_size
     if data.input_size != (height, width) and height == width:
-        data = load_dataset(spec.dataset, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
-    if (data.num_classes, data.in_channels) != (spec.spec.num_classes, spec.spec.in_channels):
+        data = load_dataset(name, root=root, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
+    if data.num_classes > spec.spec.num_classes or data.in_channels != spec.spec.in_channels:
         raise InvalidDataset(
             f"dataset {spec.dataset} has {data.num_classes} classes and {data.in_channels} "
             f"input channels, the model {spec.spec.num_classes} and {spec.spec.in_channels}"

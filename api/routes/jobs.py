@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from api import jobs as transitions
 from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
 from api.errors import ApiError
-from api.models import Job, JobEvent, JobStatus, Model
+from api.models import Dataset, Job, JobEvent, JobStatus, Model
 from api.queue import enqueue
 from api.schemas import JobCreate, JobEventPublic, JobPublic, JobsPublic, ResultPublic
 from quantcore import list_datasets
@@ -28,25 +28,41 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def create_job(
     body: JobCreate, request: Request, session: SessionDep, user: CurrentUser, celery: CeleryDep
 ) -> Job:
-    owned(session, Model, body.model_id, user, "model")
+    model = owned(session, Model, body.model_id, user, "model")
     params = parse_params(body.method, body.params)  # InvalidParams / UnknownName → 422
-    known = {d.name: d for d in list_datasets()}
-    dataset = known.get(body.dataset)
-    if dataset is None or dataset.needs_root:
-        usable = sorted(n for n, d in known.items() if not d.needs_root)
-        raise ApiError(
-            422,
-            "invalid_dataset",
-            f"dataset {body.dataset!r} is not available on "
-            f"this server; built-ins available: {', '.join(usable)}",
-            {"available": usable},
-        )
+    if body.dataset_id is not None:
+        upload = owned(session, Dataset, body.dataset_id, user, "dataset")
+        shape = (upload.num_classes, upload.in_channels)
+        if shape[0] > model.num_classes or shape[1] != model.in_channels:
+            raise ApiError(
+                422,
+                "invalid_dataset",
+                f"dataset {upload.id} has {shape[0]} classes "
+                f"and {shape[1]} input channels; model {model.id} takes "
+                f"{model.num_classes} classes and {model.in_channels} channels",
+            )
+        dataset_name = "upload"
+    else:
+        known = {d.name: d for d in list_datasets() if d.name not in ("npz", "imagefolder")}
+        builtin = known.get(body.dataset or "")
+        if builtin is None or builtin.needs_root:
+            usable = sorted(n for n, d in known.items() if not d.needs_root)
+            raise ApiError(
+                422,
+                "invalid_dataset",
+                f"dataset {body.dataset!r} is not available "
+                f"on this server; built-ins available: {', '.join(usable)}, or upload "
+                "one (POST /datasets) and give its dataset_id",
+                {"available": usable},
+            )
+        dataset_name = builtin.name
     job = Job(
         owner_id=user.id,
-        model_id=body.model_id,
+        model_id=model.id,
         method=body.method,
         params=params.model_dump(mode="json"),
-        dataset=body.dataset,
+        dataset=dataset_name,
+        dataset_id=body.dataset_id,
         batch_size=body.batch_size,
         seed=body.seed,
         status=JobStatus.QUEUED,

@@ -1,12 +1,12 @@
-"""What the service offers: architectures, methods (with params schemas), datasets."""
+"""What the service offers: architectures and methods (with their params schemas)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from api.errors import not_found
-from api.schemas import ArchitecturePublic, DatasetPublic, MethodPublic
-from quantcore import list_architectures, list_datasets, list_methods
+from api.schemas import ArchitecturePublic, MethodPublic
+from quantcore import list_architectures, list_methods
 
 router = APIRouter(tags=["catalogue"])
 
@@ -27,8 +27,3 @@ def method(name: str) -> MethodPublic:
         if m.name == name:
             return MethodPublic.model_validate(m)
     raise not_found("method", name)
-
-
-@router.get("/datasets", response_model=list[DatasetPublic])
-def datasets() -> list[DatasetPublic]:
-    return [DatasetPublic.model_validate(d) for d in list_datasets()]

@@ -217,3 +217,98 @@ def test_deleting_a_model_removes_its_jobs_and_files(
     assert production.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     for artifact in done["artifacts"]:
         assert production.client.get(f"/api/v1/artifacts/{artifact['id']}").status_code == 404
+
+
+def _npz(path: Path, *, n_train: int = 96, n_val: int = 40, seed: int = 0) -> Path:
+    """A small uploaded dataset: digits images upsampled to 28x28, as uint8."""
+    import numpy as np
+
+    data = load_dataset("digits", image_size=28, augment=False)
+    rng = np.random.default_rng(seed)
+
+    def take(split, n):
+        idx = rng.choice(len(split.targets), n, replace=False)
+        x = torch.stack([split[int(i)][0] for i in idx]).numpy()  # normalised floats
+        return x.astype("float32"), np.asarray(split.targets)[idx].astype("int64")
+
+    x_train, y_train = take(data.train, n_train)
+    x_val, y_val = take(data.val, n_val)
+    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    return path
+
+
+def test_a_job_on_an_uploaded_npz_dataset(
+    production: Service, lenet_weights: Path, tmp_path: Path
+) -> None:
+    model = _upload(production, lenet_weights)
+    with open(_npz(tmp_path / "mine.npz"), "rb") as f:
+        created = production.client.post(
+            "/api/v1/datasets", data={"name": "my digits"}, files={"file": ("mine.npz", f)}
+        )
+    assert created.status_code == 201, created.text
+    dataset = created.json()
+    assert (dataset["kind"], dataset["num_train"], dataset["num_val"]) == ("npz", 96, 40)
+    assert (dataset["in_channels"], dataset["input_height"]) == (1, 28)
+    listed = production.client.get("/api/v1/datasets").json()
+    assert dataset["id"] in [d["id"] for d in listed]
+    assert any(d["kind"] == "builtin" and d["name"] == "digits" for d in listed)
+
+    job = production.client.post(
+        "/api/v1/jobs",
+        json={
+            "model_id": model["id"],
+            "method": "uniform",
+            "dataset_id": dataset["id"],
+            "params": {"bits": 4},
+        },
+    ).json()
+    assert job["dataset"] == "upload"
+    in_use = production.client.delete(f"/api/v1/datasets/{dataset['id']}")
+    done = production.wait_for(job["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error_message"]
+    assert in_use.status_code in (204, 409)  # refused while the job was queued or running
+
+    both = production.client.post(
+        "/api/v1/jobs",
+        json={
+            "model_id": model["id"],
+            "method": "uniform",
+            "dataset_id": dataset["id"],
+            "dataset": "digits",
+        },
+    )
+    assert both.status_code == 422
+    assert "exactly one" in both.json()["error"]["message"]
+
+
+def test_bad_dataset_uploads_are_refused(production: Service, tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    before = production.client.get("/api/v1/datasets").json()
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, x_train=np.zeros((4, 28, 28), "uint8"), y_train=np.zeros(4, "int64"))
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    hostile = tmp_path / "hostile.npz"
+    np.savez(
+        hostile,
+        x_train=np.array([Payload()], dtype=object),
+        y_train=np.zeros(1),
+        x_val=np.zeros(1),
+        y_val=np.zeros(1),
+    )
+    assert pickle  # the object array above is stored as a pickle inside the .npz
+    for path, needle in [(missing, "x_val"), (hostile, "x_train")]:
+        with open(path, "rb") as f:
+            r = production.client.post("/api/v1/datasets", files={"file": (path.name, f)})
+        assert r.status_code == 422, r.text
+        assert needle in r.json()["error"]["message"]
+        assert str(production.settings.resolved_blob_dir) not in r.text  # no server paths
+    assert not marker.exists()
+    assert production.client.get("/api/v1/datasets").json() == before
