@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from api.deps import CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Dataset, Job, JobStatus
 from api.schemas import DatasetPublic
-from api.storage import CHUNK, TooLarge
+from api.uploads import display_name, store_upload, validate_or_discard
 from quantcore import InvalidDataset, list_datasets, load_dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -67,11 +65,6 @@ def _inspect_npz(path: Path, filename: str) -> dict[str, Any]:
     }
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(CHUNK):
-        yield chunk
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -90,31 +83,11 @@ async def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_val, y_val")],
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> DatasetPublic:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 65536:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
-            {"limit": settings.max_upload_bytes},
-        )
-    filename = (file.filename or "dataset.npz").replace("\0", "").replace("/", "_")[-200:]
-    try:
-        blob = await storage.save_stream(
-            _chunks(file), prefix="datasets", suffix=".npz", limit=settings.max_upload_bytes
-        )
-    except TooLarge as exc:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the upload is larger than the limit of {exc.limit} bytes",
-            {"limit": exc.limit},
-        ) from None
-    try:
-        facts = await run_in_threadpool(_inspect_npz, storage.path(blob.key), filename)
-    except BaseException:
-        storage.delete(blob.key)
-        raise
+    filename = display_name(file.filename, "dataset.npz")
+    blob = await store_upload(
+        request, file, storage, limit=settings.max_upload_bytes, prefix="datasets", suffix=".npz"
+    )
+    facts = await validate_or_discard(storage, blob, _inspect_npz, filename)
     row = Dataset(
         owner_id=user.id,
         name=(name or filename).strip() or "dataset",

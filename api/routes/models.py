@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from api.deps import CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Job, JobStatus, Model
 from api.schemas import ModelPublic, ModelsPublic
-from api.storage import CHUNK, TooLarge
+from api.uploads import display_name, store_upload, validate_or_discard
 from quantcore import InvalidParams, list_architectures
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 def _validate_model(
-    path: str, arch: str, num_classes: int, in_channels: int, size: tuple[int, int]
+    path: Path, arch: str, num_classes: int, in_channels: int, size: tuple[int, int]
 ) -> int:
     """Load the weights into the architecture and run one forward pass; returns #params."""
     import torch
@@ -39,11 +38,6 @@ def _validate_model(
     if tuple(out.shape) != (1, num_classes):
         raise InvalidParams(f"the model gives {tuple(out.shape)} logits, not (1, {num_classes})")
     return sum(p.numel() for p in model.parameters())
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(CHUNK):
-        yield chunk
 
 
 @router.post(
@@ -69,14 +63,6 @@ async def upload_model(
     input_width: Annotated[int | None, Form(ge=1, le=4096)] = None,
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> Model:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 65536:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the upload is larger than the limit of {settings.max_upload_bytes} bytes",
-            {"limit": settings.max_upload_bytes},
-        )
     info = {a.name: a for a in list_architectures()}.get(arch)
     if info is None:
         raise ApiError(
@@ -87,25 +73,13 @@ async def upload_model(
         )
     channels = in_channels or info.default_in_channels
     size = (input_height or info.default_input_size[0], input_width or info.default_input_size[1])
-    try:
-        blob = await storage.save_stream(
-            _chunks(file), prefix="models", suffix=".bin", limit=settings.max_upload_bytes
-        )
-    except TooLarge as exc:
-        raise ApiError(
-            413,
-            "too_large",
-            f"the upload is larger than the limit of {exc.limit} bytes",
-            {"limit": exc.limit},
-        ) from None
-    try:
-        num_params = await run_in_threadpool(
-            _validate_model, str(storage.path(blob.key)), arch, num_classes, channels, size
-        )
-    except BaseException:
-        storage.delete(blob.key)
-        raise
-    filename = (file.filename or "model").replace("\0", "")[-200:]
+    blob = await store_upload(
+        request, file, storage, limit=settings.max_upload_bytes, prefix="models", suffix=".bin"
+    )
+    num_params = await validate_or_discard(
+        storage, blob, _validate_model, arch, num_classes, channels, size
+    )
+    filename = display_name(file.filename, "model")
     model = Model(
         owner_id=user.id,
         name=(name or filename).strip() or "model",

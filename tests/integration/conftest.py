@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from api.main import create_app
 from api.settings import Settings
 from quantcore import build, load_dataset, train
 from quantcore.context import RunContext
+from worker.__main__ import worker_command
 
 PG_ADMIN_URL = os.environ.get(
     "QS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -45,27 +45,8 @@ class Service:
 
     def start_worker(self) -> None:
         log = open(self.settings.data_dir / "worker.log", "ab")
-        self.worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--queues",
-                "jobs",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"test-{secrets.token_hex(3)}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+        self.worker = subprocess.Popen(  # what `python -m worker` starts per device
+            worker_command(f"test-{secrets.token_hex(3)}"),
             cwd=ROOT,
             env=self.env,
             stdout=log,
