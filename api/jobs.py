@@ -45,6 +45,21 @@ def claim(
     )
 
 
+def reap_cancelled(session: Session, job_id: int, *, lease_s: int) -> bool:
+    """running (cancel asked, worker silent past the lease) → cancelled: its worker died."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    return _changed(
+        session,
+        job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.cancel_requested.is_(True),
+        Job.heartbeat_at < stale,
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
+        stage="cancelled",
+    )
+
+
 def heartbeat(session: Session, job_id: int, **values: Any) -> bool:
     """Record progress of a running job; False when the job is no longer running."""
     return _changed(

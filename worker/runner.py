@@ -94,8 +94,11 @@ def run_job(
         if not transitions.claim(
             s, job_id, lease_s=settings.job_lease_s, host=socket.gethostname()
         ):
+            if transitions.reap_cancelled(s, job_id, lease_s=settings.job_lease_s):
+                log.info("job %s: cancelled (its worker died after the cancel request)", job_id)
+                return JobStatus.CANCELLED
             job = s.get(Job, job_id)
-            if job is not None and job.status == JobStatus.RUNNING and not job.cancel_requested:
+            if job is not None and job.status == JobStatus.RUNNING:
                 raise JobBusy(f"job {job_id} is running on {job.worker_host}")
             log.info("job %s: nothing to run (%s)", job_id, "gone" if job is None else job.status)
             return None
