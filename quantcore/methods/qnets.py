@@ -741,6 +741,8 @@ class QNets(Method):
                 wq.mode = "soft"
             offsets = {"weight_offset": p.epochs, "act_offset": p.act_epochs}
             phase("qnets_joint", p.joint_epochs, wqs, aqs, **offsets)
+        for aq in aqs:  # on in the result even when no activation phase ran (calibrated init)
+            aq.passthrough = False
         for wq in wqs:
             wq.leaf = False
             wq.take_pending()

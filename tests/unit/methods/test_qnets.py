@@ -931,3 +931,27 @@ def test_cancelled_run_resumes_to_the_same_model(digits: DataBundle, tmp_path: P
     assert (tmp_path / "qnets_joint.ckpt").exists()
     resumed = run(RunContext(checkpoint_dir=tmp_path))
     assert torch.equal(resumed, reference)
+
+
+def test_activations_are_quantized_even_without_an_activation_phase(
+    digits: DataBundle, tmp_path: Path
+) -> None:
+    """act_bits > 0 with act_epochs = joint_epochs = 0: the result quantizes activations with
+    their calibrated initial quantizers, exactly as the artifact reloads them."""
+    params = parse_params("qnets", {**FAST, "act_bits": 3, "act_epochs": 0, "joint_epochs": 0})
+    torch.manual_seed(0)
+    quantized = get_method("qnets").quantize(
+        zoo.build("lenet5", num_classes=10, in_channels=1), digits, params, RunContext()
+    )
+    assert all(not layer.input_quantizer.passthrough for _, layer in quant_layers(quantized))
+    path = tmp_path / "qnets.qpack"
+    save_artifact(
+        quantized,
+        path,
+        spec=ModelSpec("lenet5", 10, 1, (28, 28)),
+        method="qnets",
+        params=params.model_dump(),
+    )
+    x = torch.stack([digits.val[i][0] for i in range(16)])
+    with torch.no_grad():
+        assert float((load_artifact(path)(x) - quantized(x)).abs().max()) <= 1e-5
