@@ -1,0 +1,245 @@
+"""L-DNQ on Fashion-MNIST LeNet5: accuracy, size and wall time in float-epoch units.
+
+    .venv/bin/python bench/l_dnq.py                                    # from the repo root
+    .venv/bin/python bench/l_dnq.py --rows k3 k5 --preset lenet5_fashion_mnist
+
+Every row starts from the same float LeNet5 (``--float-weights``; trained through the CLI's own
+command ``python -m quantcore train --arch lenet5 --dataset fashion-mnist --epochs 5`` when the
+file is missing) and runs the method through the registry (``quantcore.get_method("l_dnq")``,
+``quantcore.parse_params``). By default the Params are the method's defaults, i.e. the official
+settings (cascade plateau rule capped at ``cascade_max_epochs`` = 1000). ``--preset
+lenet5_fashion_mnist`` applies ``LENET5_FASHION_MNIST`` of ``quantcore/methods/l_dnq.py`` (spec
+§13, not from the paper: ``cascade_max_epochs`` = 300) under the row's kbits and data ratio;
+``--cascade-max-epochs N`` lowers the cap further for a time budget. The table's "params" column
+says which settings a row ran with.
+
+The method draws its own subset (``data_ratio``, seeded by ``subset_seed`` = 0, not balanced, as
+the official code); the bench hands it the full training split. Top-1 is on the full 10,000-image
+test set.
+
+Rows: kbits (number of levels K, 3 = ternary) 3, 5, 7 and 9 on 1 % of the training data (600
+images), and kbits 3 on 10 % (6,000). Columns: setting, data fraction, float and quantized top-1
+(%), delta (points), average bits per quantized weight, theoretical size (``size_report``), the
+``.qpack`` file size (``quantcore.save_artifact`` in a temporary folder), compression ratio
+(float / theoretical), wall time of ``method.quantize`` (s) and in float-epoch units, and the
+cascade epochs each layer used (``LDNQ.layer_records``), in network order.
+
+The float-epoch unit: one epoch of the float LeNet5 through ``quantcore.training.train`` on the
+full 60,000-image training set with the CLI's ``train`` settings (batch 128, SGD lr 0.05,
+momentum 0.9, Nesterov, weight decay 5e-4), from fresh weights, measured in the same run before
+the rows; ``--float-epoch-seconds S`` skips the measurement and uses S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import quantcore
+from quantcore.methods.l_dnq import LENET5_FASHION_MNIST
+from quantcore.training import seed_everything, train
+
+ARCH = "lenet5"
+DATASET = "fashion-mnist"
+DEFAULT_WEIGHTS = Path("var/bench/lenet5-fashion-mnist.safetensors")
+PRESETS: dict[str, dict[str, Any]] = {
+    "official": {},
+    "lenet5_fashion_mnist": {
+        k: v for k, v in LENET5_FASHION_MNIST.items() if k not in ("kbits", "data_ratio")
+    },
+}
+
+# row key: (kbits, data ratio)
+ROWS: dict[str, tuple[int, float]] = {
+    "k3": (3, 0.01),
+    "k5": (5, 0.01),
+    "k7": (7, 0.01),
+    "k9": (9, 0.01),
+    "k3-10pct": (3, 0.10),
+}
+COLUMNS = (
+    "setting",
+    "data",
+    "params",
+    "float top-1",
+    "quant top-1",
+    "delta pt",
+    "avg bits",
+    "theor. B",
+    "qpack B",
+    "ratio",
+    "wall s",
+    "float epochs",
+    "cascade epochs/layer",
+)
+
+
+def _float_weights(path: Path, device: str, seed: int) -> Path:
+    """Train the float LeNet5 with the CLI's own command when ``path`` is missing."""
+    if not path.exists():
+        cmd = [sys.executable, "-m", "quantcore", "train", "--arch", ARCH, "--dataset", DATASET]
+        cmd += ["--epochs", "5", "--seed", str(seed), "--device", device, "--out", str(path)]
+        print("training the float model:", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return path
+
+
+def float_epoch_seconds(data: quantcore.DataBundle, device: torch.device, seed: int) -> float:
+    """Wall seconds of one float LeNet5 training epoch on the full train split (CLI settings)."""
+    seed_everything(seed)
+    model = quantcore.build(ARCH, num_classes=data.num_classes, in_channels=data.in_channels)
+    train_loader, _ = data.loaders(128, seed=seed)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
+    )
+    ctx = quantcore.RunContext(device=device, seed=seed)
+    start = time.perf_counter()
+    train(model, train_loader, epochs=1, optimizer=opt, ctx=ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _params(row: str, args: argparse.Namespace) -> tuple[Any, str]:
+    kbits, ratio = ROWS[row]
+    raw: dict[str, Any] = {**PRESETS[args.preset], "kbits": kbits, "data_ratio": ratio}
+    label = args.preset
+    if args.cascade_max_epochs is not None:
+        raw["cascade_max_epochs"] = args.cascade_max_epochs
+        label += f", cap {args.cascade_max_epochs}"
+    return quantcore.parse_params("l_dnq", raw), label
+
+
+def _log_layer(p: quantcore.Progress) -> None:
+    """Print one line per finished layer (its record) and every 50th cascade epoch."""
+    m = p.metrics
+    if p.stage == "l_dnq:cascade" and m.get("cascade_epoch", 1) % 50 == 0:
+        print(
+            f"  layer {m['layer']:.0f}: cascade epoch {m['cascade_epoch']:.0f}, "
+            f"loss {m['cascade_loss']:.4g}",
+            flush=True,
+        )
+    if p.stage == "l_dnq" and "cascade_epochs" in m:
+        print(
+            f"  layer {m['layer']:.0f}/{m['layers']:.0f}: alpha {m['alpha']:.4g}, ADMM error "
+            f"{m['admm_initial_error']:.4g} -> {m['admm_error']:.4g} in "
+            f"{m['admm_iterations']:.0f} it, cascade {m['cascade_epochs']:.0f} epochs, "
+            f"loss {m['cascade_loss']:.4g}",
+            flush=True,
+        )
+
+
+def run_row(
+    row: str,
+    args: argparse.Namespace,
+    data: quantcore.DataBundle,
+    float_top1: float,
+    epoch_s: float,
+    tmp: Path,
+) -> dict[str, Any]:
+    method = quantcore.get_method("l_dnq")
+    params, label = _params(row, args)
+    ctx = quantcore.RunContext(
+        device=torch.device(args.device), seed=args.seed, on_progress=_log_layer
+    )
+    seed_everything(args.seed)
+    model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
+    start = time.perf_counter()
+    qmodel = method.quantize(model, data, params, ctx)
+    wall = time.perf_counter() - start
+    _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
+    top1 = quantcore.evaluate(qmodel, val_loader, ctx).top1
+    sizes = quantcore.size_report(qmodel)
+    path = tmp / f"l_dnq-{row}.qpack"
+    quantcore.save_artifact(
+        qmodel,
+        path,
+        spec=quantcore.ModelSpec(ARCH, data.num_classes, data.in_channels, data.input_size),
+        method="l_dnq",
+        params=params.model_dump(),
+    )
+    records = getattr(method, "layer_records", [])
+    return {
+        "setting": f"kbits {params.kbits}",
+        "data": f"{params.data_ratio:.0%}",
+        "params": label,
+        "float top-1": f"{float_top1:.2f}",
+        "quant top-1": f"{top1:.2f}",
+        "delta pt": f"{top1 - float_top1:+.2f}",
+        "avg bits": f"{sizes.average_bits:.3g}",
+        "theor. B": f"{sizes.quantized_bytes:,}",
+        "qpack B": f"{path.stat().st_size:,}",
+        "ratio": f"{sizes.compression_ratio:.1f}x",
+        "wall s": f"{wall:.0f}",
+        "float epochs": f"{wall / epoch_s:.2f}",
+        "cascade epochs/layer": "/".join(str(r.cascade_epochs) for r in records),
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)) + " |")
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for r in rows:
+        cells = (str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True))
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="official",
+        help="official: the Params defaults; lenet5_fashion_mnist: cascade cap 300 (spec §13)",
+    )
+    parser.add_argument("--cascade-max-epochs", type=int, help="lower cascade cap (time budget)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--float-weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument(
+        "--float-epoch-seconds", type=float, help="skip measuring the float epoch; use this"
+    )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-batch", type=int, default=1000)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    _float_weights(args.float_weights, args.device, args.seed)
+    data = quantcore.load_dataset(DATASET)
+    device = torch.device(args.device)
+    print(
+        f"l_dnq on {DATASET} {ARCH}: preset {args.preset} {PRESETS[args.preset]}; "
+        f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}",
+        flush=True,
+    )
+    epoch_s = args.float_epoch_seconds
+    if epoch_s is None:
+        epoch_s = float_epoch_seconds(data, device, args.seed)
+        print(f"float epoch (measured, 60,000 images, batch 128): {epoch_s:.1f} s", flush=True)
+    else:
+        print(f"float epoch (given): {epoch_s:.1f} s", flush=True)
+    ctx = quantcore.RunContext(device=device, seed=args.seed)
+    float_model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
+    _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
+    float_top1 = quantcore.evaluate(float_model.to(device), val_loader, ctx).top1
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows:
+            rows.append(run_row(row, args, data, float_top1, epoch_s, Path(tmp)))
+            print(f"done: {rows[-1]}", flush=True)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
