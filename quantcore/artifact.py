@@ -11,9 +11,10 @@ A ``.qpack`` is a zip with two members:
     per-layer table and metrics recorded when it was written.
 ``tensors.safetensors``
     per quantized layer ``q/<layer>/codes`` (codes bit-packed into uint8 by
-    :func:`quantcore.packing.pack_groups`), ``q/<layer>/codebook`` (float32) and, when its groups
-    have different bitwidths, ``q/<layer>/bits`` (4-bit packed bitwidths); and ``f/<key>`` for
-    every state entry kept in float (:func:`quantcore.layers.float_state`).
+    :func:`quantcore.packing.pack_groups`), ``q/<layer>/codebook`` (float32; of per-group bases
+    only the live scales, group-major, with ``codebook_width`` in the manifest) and, when its
+    groups have different bitwidths, ``q/<layer>/bits`` (4-bit packed bitwidths); and
+    ``f/<key>`` for every state entry kept in float (:func:`quantcore.layers.float_state`).
 
 :func:`load_artifact` rebuilds the zoo architecture, swaps each recorded layer for a quantized
 wrapper holding the stored codes (:class:`~quantcore.layers.FrozenWeight`), restores the float
@@ -47,7 +48,13 @@ from quantcore.layers import (
 )
 from quantcore.metrics import BITS_TABLE_BITS, CODEBOOK_DTYPE, size_report
 from quantcore.packing import pack_codes, pack_groups, unpack_codes, unpack_groups
-from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
+from quantcore.qweight import (
+    CodebookKind,
+    Grouping,
+    QuantizedWeight,
+    dequantize,
+    live_bases_mask,
+)
 from quantcore.surgery import set_submodule
 
 FORMAT = "qpack"
@@ -99,7 +106,9 @@ def save_artifact(
         qw = layer.export_weight().to("cpu")
         key = f"q/{name}"
         tensors[f"{key}/codes"] = pack_groups(qw.codes, qw.bits)
-        tensors[f"{key}/codebook"] = qw.codebook.to(CODEBOOK_DTYPE).contiguous()
+        live = live_bases_mask(qw)
+        book = qw.codebook if live is None else qw.codebook[live]  # live: 1-D, group-major
+        tensors[f"{key}/codebook"] = book.to(CODEBOOK_DTYPE).contiguous()
         uniform = qw.uniform_bits
         if uniform is None:
             tensors[f"{key}/bits"] = pack_codes(qw.bits, BITS_TABLE_BITS)
@@ -111,6 +120,7 @@ def save_artifact(
                 "shape": list(qw.shape),
                 "grouping": qw.grouping.to_json(),
                 "codebook": str(qw.kind),
+                "codebook_width": None if live is None else int(qw.codebook.shape[1]),
                 "bits": uniform if uniform is not None else "per_group",
                 "input_quantizer": None if iq is None else {"kind": iq.kind, "config": iq.config()},
             }
@@ -206,9 +216,19 @@ def _quantized_weight(
     else:
         bits = torch.full((g,), int(entry["bits"]), dtype=torch.uint8)
     codes = unpack_groups(tensors[f"{key}/codes"], bits, grouping.size)
-    return QuantizedWeight(
-        shape, grouping, codes, bits, tensors[f"{key}/codebook"], CodebookKind(entry["codebook"])
-    )
+    book = tensors[f"{key}/codebook"]
+    width = entry.get("codebook_width")
+    if width is not None:  # only the live scales of a per-group bases codebook were stored
+        live = torch.arange(int(width)) < bits.long().unsqueeze(1)  # (G, K)
+        if int(live.sum()) != book.numel():
+            raise ValueError(
+                f"layer {entry['name']}: {book.numel()} stored scales for "
+                f"{int(live.sum())} live slots"
+            )
+        full = torch.zeros(g, int(width), dtype=book.dtype)
+        full[live] = book
+        book = full
+    return QuantizedWeight(shape, grouping, codes, bits, book, CodebookKind(entry["codebook"]))
 
 
 def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -2,7 +2,8 @@
 
 Theoretical size of a quantized model = for each quantized layer, its packed codes
 (``sum_g bits[g] * n`` bits, byte-aligned per bitwidth class as :mod:`quantcore.packing` lays them)
-+ its codebook (float32) + a table of per-group bitwidths when groups differ (4 bits per group)
++ its codebook (float32; of a per-group bases codebook only the live scales, ``k < bits[g]``)
++ a table of per-group bitwidths when groups differ (4 bits per group)
 + every state entry kept in float (biases, BatchNorm, float layers, input quantizers) at its
 dtype. These are exactly the tensors the artifact writes, so the file size can be checked
 against this number.
@@ -19,7 +20,7 @@ from torch import nn
 
 from quantcore.layers import QuantConv2d, QuantLinear, float_state, quant_layers
 from quantcore.packing import packed_groups_nbytes
-from quantcore.qweight import QuantizedWeight, dequantize
+from quantcore.qweight import QuantizedWeight, dequantize, live_bases_mask
 
 CODEBOOK_DTYPE = torch.float32
 BITS_TABLE_BITS = 4  # per group, only when a layer's groups have different bitwidths
@@ -27,6 +28,11 @@ BITS_TABLE_BITS = 4  # per group, only when a layer's groups have different bitw
 
 def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def stored_codebook_entries(qw: QuantizedWeight) -> int:
+    live = live_bases_mask(qw)
+    return qw.codebook.numel() if live is None else int(live.sum())
 
 
 def bits_table_nbytes(qw: QuantizedWeight) -> int:
@@ -98,7 +104,7 @@ def layer_report(name: str, qw: QuantizedWeight, latent: torch.Tensor | None = N
         num_groups=qw.num_groups,
         group_size=qw.group_size,
         payload_bytes=packed_groups_nbytes(qw.bits, qw.group_size),
-        codebook_bytes=qw.codebook.numel() * CODEBOOK_DTYPE.itemsize,
+        codebook_bytes=stored_codebook_entries(qw) * CODEBOOK_DTYPE.itemsize,
         bits_table_bytes=bits_table_nbytes(qw),
         rel_error=rel_error,
     )

@@ -189,3 +189,15 @@ def dequantize(qw: QuantizedWeight) -> Tensor:
         values = (signs * scaled).sum(-1)  # (G, n)
     values = torch.where(qw.bits.to(values.device).unsqueeze(-1) > 0, values, 0.0)
     return qw.grouping.merge(values, qw.shape)
+
+
+def live_bases_mask(qw: QuantizedWeight) -> Tensor | None:
+    """Which entries of a per-group ``bases`` codebook are used: ``k < bits[g]``, ``(G, K)``.
+
+    Only those are stored (a group pruned to I bits keeps I scales, not the layer's widest
+    count); None for the other codebooks, which are stored whole.
+    """
+    if qw.kind is not CodebookKind.BASES or qw.codebook.shape[0] != qw.num_groups:
+        return None
+    k = qw.codebook.shape[1]
+    return torch.arange(k, device=qw.bits.device) < qw.bits.long().unsqueeze(1)

@@ -225,10 +225,20 @@ def test_size_report_counts_payload_codebooks_and_float_parts() -> None:
     assert report.average_bits == 3.0
 
 
-def test_tensor_bytes_written_equal_the_theoretical_size(tmp_path: Path) -> None:
-    """Every byte the size report counts is a tensor byte in the file, and nothing else is."""
+@pytest.mark.parametrize("kind", ["affine", "bases"])
+def test_tensor_bytes_written_equal_the_theoretical_size(tmp_path: Path, kind: str) -> None:
+    """Every byte the size report counts is a tensor byte in the file, and nothing else is;
+    of per-group bases (ALQ) only the live scales count and are written."""
     model = zoo.build("resnet20", num_classes=10, in_channels=3)
-    quantize_model(model, lambda _n, _m: MinMaxQuantizer(3, True))
+    if kind == "affine":
+        quantize_model(model, lambda _n, _m: MinMaxQuantizer(3, True))
+    else:
+        quantize_model(
+            model,
+            lambda _n, m: FrozenWeight(_alq_like_bases(tuple(m.weight.shape), m.weight.numel())),
+        )
+        qw = quant_layers(model)[0][1].export_weight()
+        assert size_report(model).layers[0].codebook_bytes == 4 * int(qw.bits.long().sum())
     path = tmp_path / "m.qpack"
     save_artifact(
         model, path, spec=ModelSpec("resnet20", 10, 3, (32, 32)), method="uniform", params={}
