@@ -18,6 +18,10 @@ from worker.runner import run_job
 
 pytestmark = pytest.mark.slow
 
+# Three evaluations of 10,000 Fashion-MNIST test images one at a time: tens of seconds on any
+# CPU, so the job is surely still running when a test cancels it or kills its worker.
+SLOW_JOB = {"dataset": "fashion-mnist", "batch_size": 1}
+
 
 def _upload(service: Service, weights: Path, **form: str) -> dict:
     data = {"arch": "lenet5", "num_classes": "10", "name": "digits-lenet5", **form}
@@ -165,7 +169,7 @@ def test_a_job_cancelled_while_queued_never_runs(production: Service, lenet_weig
 
 def test_a_running_job_can_be_cancelled(production: Service, lenet_weights: Path) -> None:
     model = _upload(production, lenet_weights)
-    job = _submit(production, model["id"], batch_size=1)  # one image per step: a slow job
+    job = _submit(production, model["id"], **SLOW_JOB)
     production.wait_for(job["id"], {"running"})
     production.client.post(f"/api/v1/jobs/{job['id']}/cancel")
     done = production.wait_for(job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
@@ -184,7 +188,7 @@ def test_a_job_whose_worker_is_killed_runs_again_and_succeeds_once(
     import time
 
     model = _upload(production, lenet_weights)
-    job = _submit(production, model["id"], batch_size=1)  # slow enough to be caught running
+    job = _submit(production, model["id"], **SLOW_JOB)
     production.wait_for(job["id"], {"running"})
     time.sleep(1.0)
     assert production.worker is not None
