@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,11 +53,15 @@ from torch.nn import functional as F
 import quantcore
 from quantcore.layers import quant_layers
 from quantcore.methods import alq
-from quantcore.training import seed_everything
 
-ARCH = "lenet5"
-DATASET = "fashion-mnist"
-DEFAULT_WEIGHTS = Path("var/bench/lenet5-fashion-mnist.safetensors")
+try:  # run as `python bench/alq.py` (bench/ on the path) or as `python -m bench.alq`
+    import _shared
+except ImportError:
+    from bench import _shared
+
+ARCH = _shared.ARCH
+DATASET = _shared.DATASET
+DEFAULT_WEIGHTS = _shared.DEFAULT_WEIGHTS
 BENCH_PRESET: dict[str, Any] = {**alq.SMALL_DATA_PRESET, "prune_ratio": 1.6}
 ROWS = ("2.0", "1.0", "0.7", "0.4")
 COLUMNS = (
@@ -87,16 +89,6 @@ OVERRIDES = {  # flag dest → Params field
 }
 
 
-def _float_weights(path: Path, device: str, seed: int) -> Path:
-    """Train the float LeNet5 with the CLI's own command when ``path`` is missing."""
-    if not path.exists():
-        cmd = [sys.executable, "-m", "quantcore", "train", "--arch", ARCH, "--dataset", DATASET]
-        cmd += ["--epochs", "5", "--seed", str(seed), "--device", device, "--out", str(path)]
-        print("training the float model:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return path
-
-
 def _params(row: str | None, args: argparse.Namespace) -> alq.ALQParams:
     raw = dict(BENCH_PRESET)
     for flag, field in OVERRIDES.items():
@@ -120,46 +112,28 @@ def run_row(
     float_top1: float,
     tmp: Path,
 ) -> dict[str, Any]:
-    method = quantcore.get_method("alq")
     params = _params(row, args)
     ctx = quantcore.RunContext(device=torch.device(args.device), seed=args.seed)
-    seed_everything(args.seed)
-    model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
-    start = time.perf_counter()
-    qmodel = method.quantize(model, bundle, params, ctx)
-    wall = time.perf_counter() - start
-    _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
-    top1 = quantcore.evaluate(qmodel, val_loader, ctx).top1
-    sizes = quantcore.size_report(qmodel)
-    storage = alq.storage_bytes(qmodel)
-    path = tmp / f"alq-{row}.qpack"
-    quantcore.save_artifact(
-        qmodel,
-        path,
-        spec=quantcore.ModelSpec(ARCH, data.num_classes, data.in_channels, data.input_size),
-        method="alq",
-        params=params.model_dump(),
+    m = _shared.quantize_and_measure(
+        "alq",
+        params,
+        weights=args.float_weights,
+        data=data,
+        method_data=bundle,
+        ctx=ctx,
+        artifact=tmp / f"alq-{row}.qpack",
+        eval_batch=args.eval_batch,
     )
+    storage = alq.storage_bytes(m.model)
     return {
         "target bits": row,
         "epochs R×(B/C/P)+S/C": _epochs_label(params),
-        "float top-1": f"{float_top1:.2f}",
-        "quant top-1": f"{top1:.2f}",
-        "delta pt": f"{top1 - float_top1:+.2f}",
-        "avg bits": f"{sizes.average_bits:.3f}",
-        "bits conv1/conv2/fc1/fc2": "/".join(f"{r.bits:.2f}" for r in sizes.layers),
-        "theor. B": f"{sizes.quantized_bytes:,}",
+        **_shared.size_columns(float_top1, m),
+        "avg bits": f"{m.sizes.average_bits:.3f}",
+        "bits conv1/conv2/fc1/fc2": "/".join(f"{r.bits:.2f}" for r in m.sizes.layers),
         "§9 B": f"{storage['storage_bytes']:,.0f}",
         "bases B": f"{storage['bases_only_bytes']:,.0f}",
-        "qpack B": f"{path.stat().st_size:,}",
-        "ratio": f"{sizes.compression_ratio:.1f}x",
-        "wall s": f"{wall:.0f}",
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_times(
@@ -230,22 +204,13 @@ def step_times(
     names = list(kinds)
     for i in range(args.warmup + args.steps):
         for name in names[i % 4 :] + names[: i % 4]:  # rotate who goes first
-            _sync(device)
+            _shared.sync(device)
             start = time.perf_counter()
             kinds[name]()
-            _sync(device)
+            _shared.sync(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}, args.steps
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)) + " |")
-    print("| " + " | ".join("-" * w for w in widths) + " |")
-    for r in rows:
-        cells = (str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True))
-        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -273,7 +238,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    _float_weights(args.float_weights, args.device, args.seed)
+    _shared.ensure_float_weights(args.float_weights, args.seed, args.device)
     data = quantcore.load_dataset(DATASET)
     bundle = data
     if args.train_fraction < 1.0:
@@ -309,7 +274,7 @@ def main() -> None:
             rows.append(run_row(row, args, data, bundle, float_top1, Path(tmp)))
             print(f"done: {rows[-1]}", flush=True)
     if rows:
-        print_table(rows)
+        _shared.print_table(rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ the rows; ``--float-epoch-seconds S`` skips the measurement and uses S.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,9 +44,14 @@ import quantcore
 from quantcore.methods.l_dnq import LENET5_FASHION_MNIST
 from quantcore.training import seed_everything, train
 
-ARCH = "lenet5"
-DATASET = "fashion-mnist"
-DEFAULT_WEIGHTS = Path("var/bench/lenet5-fashion-mnist.safetensors")
+try:  # run as `python bench/l_dnq.py` (bench/ on the path) or as `python -m bench.l_dnq`
+    import _shared
+except ImportError:
+    from bench import _shared
+
+ARCH = _shared.ARCH
+DATASET = _shared.DATASET
+DEFAULT_WEIGHTS = _shared.DEFAULT_WEIGHTS
 PRESETS: dict[str, dict[str, Any]] = {
     "official": {},
     "lenet5_fashion_mnist": {
@@ -79,16 +82,6 @@ COLUMNS = (
     "float epochs",
     "cascade epochs/layer",
 )
-
-
-def _float_weights(path: Path, device: str, seed: int) -> Path:
-    """Train the float LeNet5 with the CLI's own command when ``path`` is missing."""
-    if not path.exists():
-        cmd = [sys.executable, "-m", "quantcore", "train", "--arch", ARCH, "--dataset", DATASET]
-        cmd += ["--epochs", "5", "--seed", str(seed), "--device", device, "--out", str(path)]
-        print("training the float model:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return path
 
 
 def float_epoch_seconds(data: quantcore.DataBundle, device: torch.device, seed: int) -> float:
@@ -144,52 +137,28 @@ def run_row(
     epoch_s: float,
     tmp: Path,
 ) -> dict[str, Any]:
-    method = quantcore.get_method("l_dnq")
     params, label = _params(row, args)
     ctx = quantcore.RunContext(
         device=torch.device(args.device), seed=args.seed, on_progress=_log_layer
     )
-    seed_everything(args.seed)
-    model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
-    start = time.perf_counter()
-    qmodel = method.quantize(model, data, params, ctx)
-    wall = time.perf_counter() - start
-    _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
-    top1 = quantcore.evaluate(qmodel, val_loader, ctx).top1
-    sizes = quantcore.size_report(qmodel)
-    path = tmp / f"l_dnq-{row}.qpack"
-    quantcore.save_artifact(
-        qmodel,
-        path,
-        spec=quantcore.ModelSpec(ARCH, data.num_classes, data.in_channels, data.input_size),
-        method="l_dnq",
-        params=params.model_dump(),
+    m = _shared.quantize_and_measure(
+        "l_dnq",
+        params,
+        weights=args.float_weights,
+        data=data,
+        ctx=ctx,
+        artifact=tmp / f"l_dnq-{row}.qpack",
+        eval_batch=args.eval_batch,
     )
-    records = getattr(method, "layer_records", [])
+    records = getattr(m.method, "layer_records", [])
     return {
         "setting": f"kbits {params.kbits}",
         "data": f"{params.data_ratio:.0%}",
         "params": label,
-        "float top-1": f"{float_top1:.2f}",
-        "quant top-1": f"{top1:.2f}",
-        "delta pt": f"{top1 - float_top1:+.2f}",
-        "avg bits": f"{sizes.average_bits:.3g}",
-        "theor. B": f"{sizes.quantized_bytes:,}",
-        "qpack B": f"{path.stat().st_size:,}",
-        "ratio": f"{sizes.compression_ratio:.1f}x",
-        "wall s": f"{wall:.0f}",
-        "float epochs": f"{wall / epoch_s:.2f}",
+        **_shared.size_columns(float_top1, m),
+        "float epochs": f"{m.seconds / epoch_s:.2f}",
         "cascade epochs/layer": "/".join(str(r.cascade_epochs) for r in records),
     }
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)) + " |")
-    print("| " + " | ".join("-" * w for w in widths) + " |")
-    for r in rows:
-        cells = (str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True))
-        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -214,7 +183,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    _float_weights(args.float_weights, args.device, args.seed)
+    _shared.ensure_float_weights(args.float_weights, args.seed, args.device)
     data = quantcore.load_dataset(DATASET)
     device = torch.device(args.device)
     print(
@@ -238,7 +207,7 @@ def main() -> None:
         for row in args.rows:
             rows.append(run_row(row, args, data, float_top1, epoch_s, Path(tmp)))
             print(f"done: {rows[-1]}", flush=True)
-    print_table(rows)
+    _shared.print_table(rows, COLUMNS)
 
 
 if __name__ == "__main__":

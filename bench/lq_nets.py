@@ -32,13 +32,9 @@ the median of the per-pair ratios (more robust when other jobs share the CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,7 +48,11 @@ from torch.utils.data import Dataset, TensorDataset
 
 import quantcore
 from quantcore.methods.lq_nets import SMALL_DATA_PRESET
-from quantcore.metrics import model_bytes
+
+try:  # run as `python bench/lq_nets.py` (bench/ on the path) or as `python -m bench.lq_nets`
+    import _shared
+except ImportError:
+    from bench import _shared
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FLOAT = ROOT / "var/bench/lenet5-fashion-mnist.safetensors"
@@ -67,25 +67,6 @@ SETTINGS: dict[str, tuple[int, int]] = {  # row name -> (w_bits, a_bits)
 STEP_ROW = "step"
 STEP_TARGET = 1.5
 BARS = {"W2A2": 1.5, "W1A2": 3.0, "W2/32": 0.5}  # issue 8: max drop from float, in points
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def ensure_float_weights(path: Path, seed: int) -> None:
-    """Train the float LeNet5 through the CLI (the documented starting point) if it is missing."""
-    if path.exists():
-        return
-    print(f"{path} missing: training it with `python -m quantcore train` (5 epochs)", flush=True)
-    cmd = [sys.executable, "-m", "quantcore", "train", "--arch", "lenet5"]
-    cmd += ["--dataset", "fashion-mnist", "--epochs", "5", "--seed", str(seed)]
-    cmd += ["--out", str(path), "--quiet"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 # --- accuracy rows ----------------------------------------------------------------------------
@@ -126,37 +107,34 @@ def run_setting(
     out_dir: Path,
 ) -> AccuracyRow:
     w_bits, a_bits = SETTINGS[setting]
-    method = quantcore.get_method("lq_nets")
     params = quantcore.parse_params(
         "lq_nets", {**SMALL_DATA_PRESET, **overrides, "w_bits": w_bits, "a_bits": a_bits}
     )
     ctx = quantcore.RunContext(device=device, seed=seed)
-    model = quantcore.load_model(weights, "lenet5", num_classes=data.num_classes).to(device)
-    float_bytes = model_bytes(model)
-    start = time.perf_counter()
-    qmodel = method.quantize(model, data, params, ctx)
-    seconds = time.perf_counter() - start
+    m = _shared.quantize_and_measure(
+        "lq_nets",
+        params,
+        weights=weights,
+        data=data,
+        ctx=ctx,
+        artifact=out_dir / f"lenet5-{setting.replace('/', 'A')}.qpack",
+    )
     _, val_loader = data.loaders(256, seed=seed)
-    top1 = quantcore.evaluate(qmodel, val_loader, ctx).top1
-    sizes = quantcore.size_report(qmodel)
-    path = out_dir / f"lenet5-{setting.replace('/', 'A')}.qpack"
-    spec = quantcore.ModelSpec("lenet5", data.num_classes, data.in_channels, data.input_size)
-    quantcore.save_artifact(qmodel, path, spec=spec, method=method.name, params=params.model_dump())
     x, _ = next(iter(val_loader))
     with torch.no_grad():
-        loaded = quantcore.load_artifact(path, device)
-        diff = float((qmodel(x.to(device)) - loaded(x.to(device))).abs().max())
+        loaded = quantcore.load_artifact(m.artifact, device)
+        diff = float((m.model(x.to(device)) - loaded(x.to(device))).abs().max())
     return AccuracyRow(
         setting=setting,
         epochs=params.epochs,
         float_top1=float_top1,
-        top1=top1,
-        average_bits=sizes.average_bits,
-        theory_bytes=sizes.quantized_bytes,
-        file_bytes=path.stat().st_size,
-        float_bytes=float_bytes,
+        top1=m.top1,
+        average_bits=m.sizes.average_bits,
+        theory_bytes=m.sizes.quantized_bytes,
+        file_bytes=m.file_bytes,
+        float_bytes=m.sizes.float_bytes,
         reload_diff=diff,
-        seconds=seconds,
+        seconds=m.seconds,
     )
 
 
@@ -288,7 +266,8 @@ def main() -> None:
     overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr}.items() if v is not None}
     preset = {**SMALL_DATA_PRESET, **overrides}
     print(
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC  {cpu_model()} ({os.cpu_count()} cpus, "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC  {_shared.cpu_model()} "
+        f"({os.cpu_count()} cpus, "
         f"load {os.getloadavg()[0]:.1f})  device={device} threads={torch.get_num_threads()} "
         f"torch={torch.__version__}"
     )
@@ -296,7 +275,7 @@ def main() -> None:
 
     settings = [r for r in args.rows if r in SETTINGS]
     if settings:
-        ensure_float_weights(args.float_weights, args.seed)
+        _shared.ensure_float_weights(args.float_weights, args.seed)
         data = quantcore.load_dataset("fashion-mnist")
         model = quantcore.load_model(args.float_weights, "lenet5", num_classes=data.num_classes)
         _, val_loader = data.loaders(256, seed=args.seed)

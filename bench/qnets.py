@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,11 +43,15 @@ from torch.nn import functional as F
 import quantcore
 from quantcore.layers import quant_layers
 from quantcore.methods.qnets import PRESETS, ClippedChainSGD, QNetsWeightQuantizer
-from quantcore.training import seed_everything
 
-ARCH = "lenet5"
-DATASET = "fashion-mnist"
-DEFAULT_WEIGHTS = Path("var/bench/lenet5-fashion-mnist.safetensors")
+try:  # run as `python bench/qnets.py` (bench/ on the path) or as `python -m bench.qnets`
+    import _shared
+except ImportError:
+    from bench import _shared
+
+ARCH = _shared.ARCH
+DATASET = _shared.DATASET
+DEFAULT_WEIGHTS = _shared.DEFAULT_WEIGHTS
 PRESET = "fashion_lenet5"
 
 # setting label, params over the preset
@@ -72,16 +74,6 @@ COLUMNS = (
     "ratio",
     "wall s",
 )
-
-
-def _float_weights(path: Path, device: str, seed: int) -> Path:
-    """Train the float LeNet5 with the CLI's own command when ``path`` is missing."""
-    if not path.exists():
-        cmd = [sys.executable, "-m", "quantcore", "train", "--arch", ARCH, "--dataset", DATASET]
-        cmd += ["--epochs", "5", "--seed", str(seed), "--device", device, "--out", str(path)]
-        print("training the float model:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return path
 
 
 def _bench_bundle(
@@ -115,43 +107,24 @@ def run_row(
     float_top1: float,
     tmp: Path,
 ) -> dict[str, Any]:
-    method = quantcore.get_method("qnets")
     params = _params(row, args)
     ctx = quantcore.RunContext(device=torch.device(args.device), seed=args.seed)
-    seed_everything(args.seed)
-    model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
-    start = time.perf_counter()
-    qmodel = method.quantize(model, bundle, params, ctx)
-    wall = time.perf_counter() - start
-    _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
-    top1 = quantcore.evaluate(qmodel, val_loader, ctx).top1
-    sizes = quantcore.size_report(qmodel)
-    path = tmp / f"qnets-{row}.qpack"
-    quantcore.save_artifact(
-        qmodel,
-        path,
-        spec=quantcore.ModelSpec(ARCH, data.num_classes, data.in_channels, data.input_size),
-        method="qnets",
-        params=params.model_dump(),
+    m = _shared.quantize_and_measure(
+        "qnets",
+        params,
+        weights=args.float_weights,
+        data=data,
+        method_data=bundle,
+        ctx=ctx,
+        artifact=tmp / f"qnets-{row}.qpack",
+        eval_batch=args.eval_batch,
     )
     phases = [params.epochs] + ([params.act_epochs, params.joint_epochs] if params.act_bits else [])
     return {
         "setting": ROWS[row][0],
         "epochs W/A/J": "/".join(map(str, phases)),
-        "float top-1": f"{float_top1:.2f}",
-        "quant top-1": f"{top1:.2f}",
-        "delta pt": f"{top1 - float_top1:+.2f}",
-        "avg bits": f"{sizes.average_bits:.3g}",
-        "theor. B": f"{sizes.quantized_bytes:,}",
-        "qpack B": f"{path.stat().st_size:,}",
-        "ratio": f"{sizes.compression_ratio:.1f}x",
-        "wall s": f"{wall:.0f}",
+        **_shared.size_columns(float_top1, m),
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_times(args: argparse.Namespace, data: quantcore.DataBundle) -> tuple[float, float, int]:
@@ -207,13 +180,13 @@ def step_times(args: argparse.Namespace, data: quantcore.DataBundle) -> tuple[fl
     x, y = x.to(device), y.to(device)
 
     def one(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
-        _sync(device)
+        _shared.sync(device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        _sync(device)
+        _shared.sync(device)
         return time.perf_counter() - start
 
     ft, qt = [], []
@@ -224,15 +197,6 @@ def step_times(args: argparse.Namespace, data: quantcore.DataBundle) -> tuple[fl
             if i >= args.warmup:
                 out.append(t)
     return statistics.median(ft), statistics.median(qt), len(ft)
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)) + " |")
-    print("| " + " | ".join("-" * w for w in widths) + " |")
-    for r in rows:
-        cells = (str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True))
-        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -258,7 +222,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    _float_weights(args.float_weights, args.device, args.seed)
+    _shared.ensure_float_weights(args.float_weights, args.seed, args.device)
     data = quantcore.load_dataset(DATASET)
     bundle = _bench_bundle(data, args.train_fraction, args.monitor_fraction, args.seed)
     print(
@@ -287,7 +251,7 @@ def main() -> None:
             rows.append(run_row(row, args, data, bundle, float_top1, Path(tmp)))
             print(f"done: {rows[-1]}", flush=True)
     if rows:
-        print_table(rows)
+        _shared.print_table(rows, COLUMNS)
 
 
 if __name__ == "__main__":
