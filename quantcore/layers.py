@@ -90,9 +90,16 @@ class _QuantMixin:
     training: bool
     _eval_cache: tuple[tuple[int, ...], Tensor] | None
 
-    def _init_quant(self, wq: WeightQuantizer, iq: InputQuantizer | None) -> None:
-        self.weight_quantizer = wq
-        self.input_quantizer = iq
+    def __init__(
+        self,
+        *args: Any,
+        weight_quantizer: WeightQuantizer,
+        input_quantizer: InputQuantizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the wrapped layer's class (nn.Conv2d / nn.Linear)
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
         self._eval_cache = None
 
     def export_weight(self) -> QuantizedWeight:
@@ -123,16 +130,6 @@ class _QuantMixin:
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    def __init__(
-        self,
-        *args: Any,
-        weight_quantizer: WeightQuantizer,
-        input_quantizer: InputQuantizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_quantizer, input_quantizer)
-
     @classmethod
     def from_float(
         cls,
@@ -164,16 +161,6 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    def __init__(
-        self,
-        *args: Any,
-        weight_quantizer: WeightQuantizer,
-        input_quantizer: InputQuantizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(weight_quantizer, input_quantizer)
-
     @classmethod
     def from_float(
         cls,
