@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+from api import admin
 from api.settings import Settings
 
 
@@ -17,6 +18,30 @@ def _serve(host: str, port: int) -> None:
     from api.main import create_app
 
     uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+
+
+def _openapi() -> str:
+    """The app's OpenAPI schema as JSON, built on a scratch SQLite database (the frontend's typed
+    client is generated from it)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from api.main import create_app
+
+    with tempfile.TemporaryDirectory(prefix="qs-openapi-") as scratch:
+        app = create_app(
+            Settings(
+                data_dir=Path(scratch),
+                database_url=None,
+                broker_url=None,
+                blob_dir=None,
+                auto_migrate=True,
+            )
+        )
+        schema = app.openapi()
+        app.state.engine.dispose()
+    return json.dumps(schema, indent=1, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
+    sub.add_parser("openapi", help="print the OpenAPI schema (JSON) without a database")
+    admin.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "openapi":
+        print(_openapi())
+        return 0
     settings = Settings()
 
     if args.command == "migrate":
@@ -41,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         upgrade_to_head(settings)
         print(f"database at head: {settings.resolved_database_url}")
         return 0
+    if args.command == "users":
+        return admin.run(args, settings)
     if args.command == "revision":
         from alembic import command
 
@@ -55,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from api.db import upgrade_to_head
 
     upgrade_to_head(settings)
+    password = admin.ensure_first_admin(settings)
+    if password:
+        print(
+            f"first start: log in at http://{args.host}:{args.port}/ as "
+            f"{admin.FIRST_ADMIN!r} with password {password!r} (shown once; change it with "
+            f"`python -m api users password {admin.FIRST_ADMIN}`)",
+            flush=True,
+        )
     worker = subprocess.Popen(
         [sys.executable, "-m", "worker"], env={**os.environ, "QS_WORKER_EXIT_WITH_PARENT": "1"}
     )

@@ -171,3 +171,44 @@ class JobEventPublic(_Out):
     fraction: float
     metrics: dict[str, Any]
     created_at: UtcDatetime
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserPublic(_Out):
+    id: int
+    name: str
+    is_admin: bool
+    created_at: UtcDatetime
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="Letters, digits, . _ @ -")
+    password: str = Field(min_length=8, max_length=1024)
+    is_admin: bool = False
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="What the token is for, e.g. 'ci'.")
+
+
+class TokenPublic(_Out):
+    id: int
+    name: str
+    prefix: str = Field(description="The token's first characters, to tell tokens apart.")
+    created_at: UtcDatetime
+    last_used_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The token itself: shown this once, never stored.")

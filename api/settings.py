@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         None, description="Blob storage directory; default data_dir/blobs."
     )
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
+
     job_time_limit_s: int = Field(6 * 3600, ge=1, description="Hard time limit of one job.")
     job_lease_s: int = Field(
         120,
@@ -48,7 +49,20 @@ class Settings(BaseSettings):
         "it at most db_pool_size + db_max_overflow so a request never waits for a connection.",
     )
     auto_migrate: bool = Field(False, description="Upgrade the database to head at start.")
-    default_user: str = Field("local", description="Owner of resources until auth lands.")
+    session_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a browser login lasts.")
+    cookie_secure: bool | None = Field(
+        None,
+        description="Mark the session cookie Secure; default: when the request came over https.",
+    )
+    login_window_s: int = Field(
+        300, ge=1, description="Window of the login rate limit, in seconds."
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins for one user name within the window before 429."
+    )
+    login_max_failures_per_client: int = Field(
+        30, ge=1, description="Failed logins from one client address within the window before 429."
+    )
 
     @property
     def resolved_database_url(self) -> str:

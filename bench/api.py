@@ -39,8 +39,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -239,7 +243,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def upload_lenet(base: str, workdir: Path) -> int:
+def bench_token(settings: Settings) -> str:
+    """A user and a bearer token for the clients, made directly in the scratch database."""
+    from api import auth
+    from api.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings)
+    with make_sessionmaker(engine)() as session, session.begin():
+        user = auth.create_user(session, "bench", None)
+        _, token = auth.issue_token(session, user, "bench")
+    engine.dispose()
+    return token
+
+
+def upload_lenet(base: str, workdir: Path, auth: dict[str, str]) -> int:
     """Upload a LeNet5 with random weights; returns its model id."""
     import torch
     from safetensors.torch import save_file
@@ -255,6 +272,7 @@ def upload_lenet(base: str, workdir: Path) -> int:
             f"{base}/api/v1/models",
             files={"file": ("lenet5.safetensors", f, "application/octet-stream")},
             data={"arch": "lenet5", "num_classes": "10"},
+            headers=auth,
             timeout=120,
         )
     if resp.status_code != 201:
@@ -263,7 +281,12 @@ def upload_lenet(base: str, workdir: Path) -> int:
 
 
 async def _submit_jobs(
-    base: str, model_id: int, clients: int, total: int, time_limit_s: float
+    base: str,
+    auth: dict[str, str],
+    model_id: int,
+    clients: int,
+    total: int,
+    time_limit_s: float,
 ) -> tuple[list[float], dict[str, int], float]:
     """``clients`` concurrent loops share ``total`` requests; none starts after the time limit.
 
@@ -275,7 +298,9 @@ async def _submit_jobs(
     issued = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(60.0, connect=10.0)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=base, limits=limits, timeout=timeout, headers=auth
+    ) as client:
         start = time.perf_counter()
         deadline = start + time_limit_s
 
@@ -299,11 +324,18 @@ async def _submit_jobs(
 
 
 def bench_jobs(
-    base: str, pid: int, spool: Path, model_id: int, clients: int, total: int, limit_s: float
+    base: str,
+    auth: dict[str, str],
+    pid: int,
+    spool: Path,
+    model_id: int,
+    clients: int,
+    total: int,
+    limit_s: float,
 ) -> Row:
     with Sampler(pid, spool) as sampler:
         latencies, answers, wall = asyncio.run(
-            _submit_jobs(base, model_id, clients, total, limit_s)
+            _submit_jobs(base, auth, model_id, clients, total, limit_s)
         )
     done = sum(answers.values())
     return Row(
@@ -346,10 +378,13 @@ def _multipart(size: int, boundary: str) -> tuple[int, Callable[[], Iterator[byt
     return len(head_bytes) + size + len(tail), body
 
 
-def bench_upload(base: str, pid: int, spool: Path, size: int) -> tuple[Row, str]:
+def bench_upload(
+    base: str, auth: dict[str, str], pid: int, spool: Path, size: int
+) -> tuple[Row, str]:
     boundary = f"bench-{secrets.token_hex(12)}"
     length, body = _multipart(size, boundary)
     headers = {
+        **auth,
         "content-type": f"multipart/form-data; boundary={boundary}",
         "content-length": str(length),
     }
@@ -460,7 +495,9 @@ def main() -> None:
         workdir = Path(tmp)
         data_dir, spool = workdir / "data", workdir / "tmp"
         spool.mkdir()
-        upgrade_to_head(Settings(data_dir=data_dir, database_url=db_url, broker_url=broker_url))
+        settings = Settings(data_dir=data_dir, database_url=db_url, broker_url=broker_url)
+        upgrade_to_head(settings)
+        auth = {"Authorization": f"Bearer {bench_token(settings)}"}
         max_upload = max(2 * 2**30, args.upload_mib * MIB * 2)
         env = {
             **os.environ,
@@ -474,17 +511,24 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         with api_process(env, port, args.api_log or workdir / "api.log") as proc:
-            model_id = upload_lenet(base, workdir)
-            asyncio.run(_submit_jobs(base, model_id, 1, 10, 30))  # warm-up, not reported
+            model_id = upload_lenet(base, workdir, auth)
+            asyncio.run(_submit_jobs(base, auth, model_id, 1, 10, 30))  # warm-up, not reported
             for clients in args.clients:
                 rows.append(
                     bench_jobs(
-                        base, proc.pid, spool, model_id, clients, args.requests, args.time_limit
+                        base,
+                        auth,
+                        proc.pid,
+                        spool,
+                        model_id,
+                        clients,
+                        args.requests,
+                        args.time_limit,
                     )
                 )
             if args.upload_mib > 0:
                 peak_before = hwm_mib(proc.pid)
-                row, note = bench_upload(base, proc.pid, spool, args.upload_mib * MIB)
+                row, note = bench_upload(base, auth, proc.pid, spool, args.upload_mib * MIB)
                 rows.append(row)
                 notes.append(
                     f"API peak RSS before the upload (VmHWM since start, before the reset): "

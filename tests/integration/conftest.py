@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from sqlalchemy import create_engine, text
 
+from api import auth
 from api.db import upgrade_to_head
 from api.main import create_app
 from api.settings import Settings
@@ -80,9 +82,18 @@ class Service:
         )
 
 
+def signed_in_client(app: FastAPI, name: str, is_admin: bool = False) -> TestClient:
+    """A client acting as a new user ``name`` (password "password-<name>"), by bearer token."""
+    with app.state.sessionmaker() as session, session.begin():
+        user = auth.create_user(session, name, f"password-{name}", is_admin=is_admin)
+        _, token = auth.issue_token(session, user, "tests")
+    return TestClient(app, headers={"Authorization": f"Bearer {token}"})
+
+
 def _service(settings: Settings, env: dict[str, str]) -> Service:
     upgrade_to_head(settings)
-    return Service(TestClient(create_app(settings)), settings, env)
+    app = create_app(settings)
+    return Service(signed_in_client(app, "alice", is_admin=True), settings, env)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from api.db import make_engine, make_sessionmaker
 from api.storage import LocalBlobStore
 from quantcore import evaluate, load_artifact, load_dataset
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, signed_in_client
 from worker.runner import run_job
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,18 @@ def _upload(service: Service, weights: Path, **form: str) -> dict:
     return response.json()
 
 
-def _submit(service: Service, model_id: int, **extra: object) -> dict:
-    body = {
+def _job_body(model_id: int, **extra: object) -> dict:
+    return {
         "model_id": model_id,
         "method": "uniform",
         "dataset": "digits",
         "params": {"bits": 4},
         **extra,
     }
-    response = service.client.post("/api/v1/jobs", json=body)
+
+
+def _submit(service: Service, model_id: int, **extra: object) -> dict:
+    response = service.client.post("/api/v1/jobs", json=_job_body(model_id, **extra))
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -114,6 +117,26 @@ def _full_path(service: Service, weights: Path, tmp_path: Path) -> None:
         f"/api/v1/artifacts/{qpack['id']}", headers={"If-None-Match": download.headers["etag"]}
     )
     assert cached.status_code == 304
+
+    # Another user sees none of it: each id answers exactly as a missing one does.
+    other = signed_in_client(service.client.app, f"mallory-{job['id']}")
+    for template, ident in (
+        ("/api/v1/models/{}", model["id"]),
+        ("/api/v1/jobs/{}", job["id"]),
+        ("/api/v1/jobs/{}/result", job["id"]),
+        ("/api/v1/jobs/{}/events", job["id"]),
+        ("/api/v1/artifacts/{}", qpack["id"]),
+    ):
+        theirs, missing = other.get(template.format(ident)), other.get(template.format(999_999))
+        assert theirs.status_code == missing.status_code == 404, template
+        assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "not_found"
+    assert other.delete(f"/api/v1/models/{model['id']}").status_code == 404
+    assert other.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 404
+    assert other.get("/api/v1/models").json()["items"] == []
+    assert other.get("/api/v1/jobs").json()["items"] == []
+    refused = other.post("/api/v1/jobs", json={**_job_body(model["id"])})
+    assert refused.status_code == 404, refused.text
+    assert service.client.get(f"/api/v1/models/{model['id']}").status_code == 200
 
 
 def test_upload_job_events_result_download_on_postgres_and_redis(
