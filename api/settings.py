@@ -25,7 +25,17 @@ class Settings(BaseSettings):
         None, description="Blob storage directory; default data_dir/blobs."
     )
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
-
+    max_archive_members: int = Field(
+        100_000, ge=1, description="Most entries (files and folders) in a dataset archive."
+    )
+    max_archive_bytes: int = Field(
+        4 * 2**30,
+        ge=1,
+        description="Largest total unpacked size of a dataset archive (declared and as read).",
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Largest image (width x height) in a dataset archive."
+    )
     job_time_limit_s: int = Field(6 * 3600, ge=1, description="Hard time limit of one job.")
     job_lease_s: int = Field(
         120,
@@ -49,6 +59,7 @@ class Settings(BaseSettings):
         "it at most db_pool_size + db_max_overflow so a request never waits for a connection.",
     )
     auto_migrate: bool = Field(False, description="Upgrade the database to head at start.")
+
     session_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a browser login lasts.")
     cookie_secure: bool | None = Field(
         None,

@@ -31,6 +31,7 @@ from api.settings import Settings
 from api.storage import LocalBlobStore
 from quantcore import (
     Cancelled,
+    DataBundle,
     InvalidArtifact,
     InvalidDataset,
     InvalidParams,
@@ -68,8 +69,9 @@ class _JobSpec:
     seed: int
     model_path: Path
     spec: ModelSpec
-    dataset_id: int | None  # an uploaded .npz, else ``dataset`` is a built-in name
+    dataset_id: int | None  # an upload (.npz or image folder), else ``dataset`` is a built-in
     dataset_path: Path | None  # None for an upload deleted meanwhile
+    dataset_kind: str | None  # the upload's loader: "npz" or "imagefolder"
 
 
 class JobBusy(Exception):
@@ -121,7 +123,7 @@ def run_job(
                 (model.input_height, model.input_width),
             ),
             job.dataset_id,
-            _dataset_path(s, storage, job.dataset_id),
+            *_dataset_source(s, storage, job.dataset_id),
         )
         transitions.heartbeat(s, job_id, device=str(device))
     log.info("job %s: claimed, running %s on %s", job_id, spec.method, device)
@@ -215,22 +217,40 @@ def _scratch(settings: Settings) -> Path:
     return settings.work_dir
 
 
-def _dataset_path(s: Session, storage: LocalBlobStore, dataset_id: int | None) -> Path | None:
+def _dataset_source(
+    s: Session, storage: LocalBlobStore, dataset_id: int | None
+) -> tuple[Path | None, str | None]:
+    """An upload's blob (a file for .npz, a folder for an image archive) and its loader."""
     if dataset_id is None:
-        return None
+        return None, None
     row = s.get(Dataset, dataset_id)
-    return None if row is None else storage.path(row.blob_key)
+    return (None, None) if row is None else (storage.path(row.blob_key), row.kind)
+
+
+def _load_data(spec: _JobSpec) -> DataBundle:
+    """The job's dataset at the model's input size (square models resize it when it differs)."""
+    if spec.dataset_id is not None and (spec.dataset_path is None or spec.dataset_kind is None):
+        raise InvalidDataset(f"the job's dataset {spec.dataset_id} was deleted")
+    name, root = (
+        (spec.dataset_kind, spec.dataset_path) if spec.dataset_path else (spec.dataset, None)
+    )
+    assert name is not None
+    height, width = spec.spec.input_size
+    if name == "imagefolder":  # resized (and center-cropped) to a square on reading
+        if height != width:
+            raise InvalidDataset(
+                f"an image folder gives square images; the model takes {height}x{width}"
+            )
+        return load_dataset(name, root=root, image_size=height)
+    data = load_dataset(name, root=root)
+    if data.input_size != (height, width) and height == width:
+        data = load_dataset(name, root=root, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
+    return data
 
 
 def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     ctx.report("load", 0.0)
-    if spec.dataset_id is not None and spec.dataset_path is None:
-        raise InvalidDataset(f"the job's dataset {spec.dataset_id} was deleted")
-    name, root = ("npz", spec.dataset_path) if spec.dataset_path else (spec.dataset, None)
-    data = load_dataset(name, root=root)
-    height, width = spec.spec.input_size
-    if data.input_size != (height, width) and height == width:
-        data = load_dataset(name, root=root, image_size=height)  # e.g. 8x8 digits for LeNet5's 28
+    data = _load_data(spec)
     if data.num_classes > spec.spec.num_classes or data.in_channels != spec.spec.in_channels:
         raise InvalidDataset(
             f"dataset {spec.dataset} has {data.num_classes} classes and {data.in_channels} "

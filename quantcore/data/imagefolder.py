@@ -4,14 +4,21 @@ Read with torchvision's ``ImageFolder`` (PIL, converted to RGB) and normalised w
 constants. Train augmentation is ``RandomResizedCrop(image_size)`` + horizontal flip; validation
 (and train with ``augment=False``) is ``Resize(image_size * 256 / 224)`` + ``CenterCrop``.
 Both splits must hold the same class folders, so label ``i`` means the same class in each.
+
+Images are opened only as the raster formats in ``IMAGE_FORMATS``, whatever their name says: a
+file that Pillow would hand to an external program (EPS goes to Ghostscript) is refused.
+``scan_images`` decodes every image of a split once, so a folder from an upload can be checked
+before a job ever reads it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
@@ -23,13 +30,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
 IMAGEFOLDER_HINT = "Pass root= a folder holding train/<class>/<images> and val/<class>/<images>."
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "TIFF", "WEBP")  # what IMG_EXTENSIONS name
+
+
+def _open_image(path: str) -> Image.Image:
+    """Open ``path`` as one of ``IMAGE_FORMATS`` (never by another plugin) without decoding."""
+    return Image.open(path, formats=IMAGE_FORMATS)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    with _open_image(path) as image:
+        return image.convert("RGB")
 
 
 class LabelledImageFolder(ImageFolder):
     """``ImageFolder`` whose ``targets`` is a 1-D int64 tensor, like every dataset in a bundle."""
 
     def __init__(self, root: Path, transform: Any) -> None:
-        super().__init__(str(root), transform=transform)
+        super().__init__(str(root), transform=transform, loader=_load_rgb)
         labels = [label for _, label in self.samples]
         self.targets = torch.as_tensor(labels, dtype=torch.int64)  # type: ignore[assignment]
 
@@ -84,3 +102,33 @@ def load_imagefolder(
         std=IMAGENET_STD,
         classes=tuple(train.classes),
     )
+
+
+def scan_images(split: ImageFolder, *, max_pixels: int) -> Counter[tuple[int, int]]:
+    """Decode every image of ``split``; return how many there are of each ``(height, width)``.
+
+    Raises ``InvalidDataset`` naming the first file (relative to the dataset root, e.g.
+    ``train/cat/3.png``) that is not a readable image or has more than ``max_pixels`` pixels.
+    """
+    base = Path(split.root).parent
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path, _ in split.samples:
+        name = Path(path).relative_to(base).as_posix()
+        try:
+            with _open_image(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InvalidDataset(
+                        f"{name}: {width}x{height} is more than {max_pixels} pixels; "
+                        "resize the image",
+                        {"file": name, "max_pixels": max_pixels},
+                    )
+                image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            problem = str(exc).replace(path, name)  # never the server's path
+            raise InvalidDataset(
+                f"{name}: not a readable {'/'.join(IMAGE_FORMATS)} image ({problem})",
+                {"file": name},
+            ) from None
+        sizes[(height, width)] += 1
+    return sizes
