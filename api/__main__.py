@@ -16,8 +16,11 @@ def _serve(host: str, port: int) -> None:
     import uvicorn
 
     from api.main import create_app
+    from api.observability import configure_logging
 
-    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
 
 def _openapi() -> str:

@@ -9,7 +9,7 @@ from api.db import current_and_head, make_engine, make_sessionmaker, upgrade_to_
 from api.deps import get_current_user
 from api.limits import ConcurrencyLimit
 from api.queue import make_celery
-from api.routes import artifacts, auth, datasets, health, jobs, meta, models
+from api.routes import artifacts, auth, datasets, health, jobs, meta, metrics, models
 from api.settings import Settings
 from api.storage import LocalBlobStore
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ConcurrencyLimit, limit=settings.max_concurrent_requests, exempt_suffixes=("/events",)
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(auth.router, prefix=API_PREFIX)
     signed_in = [Depends(get_current_user)]  # every resource needs a user; /auth/login does not
     for router in (meta.router, datasets.router, models.router, jobs.router, artifacts.router):

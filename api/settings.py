@@ -8,6 +8,7 @@ filesystem broker, so one command runs the whole product on a fresh machine. Pro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,7 +60,10 @@ class Settings(BaseSettings):
         "it at most db_pool_size + db_max_overflow so a request never waits for a connection.",
     )
     auto_migrate: bool = Field(False, description="Upgrade the database to head at start.")
-
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (for log collectors)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     session_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a browser login lasts.")
     cookie_secure: bool | None = Field(
         None,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
+from api.observability import configure_logging
 from api.queue import make_celery
 from api.settings import Settings
 from api.storage import LocalBlobStore
@@ -44,6 +45,13 @@ def state() -> WorkerState:
             pick_device(),
         )
     return _state
+
+
+@setup_logging.connect
+def _logging(loglevel: str | None = None, **_kwargs: object) -> None:
+    """Our format (text or JSON, job id on every line) instead of Celery's own."""
+    settings = Settings()
+    configure_logging(settings.log_format, loglevel or settings.log_level)
 
 
 @worker_process_init.connect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
+from api.observability import job_context
 from api.queue import RUN_JOB
 from worker.celery_app import app, state
 from worker.runner import JobBusy, run_job
@@ -13,9 +14,14 @@ from worker.runner import JobBusy, run_job
 def run_job_task(self: Task, job_id: int) -> str | None:
     s = state()
     try:
-        status = run_job(
-            int(job_id), settings=s.settings, factory=s.factory, storage=s.storage, device=s.device
-        )
+        with job_context(int(job_id)):
+            status = run_job(
+                int(job_id),
+                settings=s.settings,
+                factory=s.factory,
+                storage=s.storage,
+                device=s.device,
+            )
     except JobBusy as exc:  # a redelivered message while the lease is fresh: come back later
         raise self.retry(exc=exc, countdown=s.settings.job_lease_s) from None
     return None if status is None else str(status)

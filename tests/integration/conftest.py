@@ -108,9 +108,10 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Service]:
-    """PostgreSQL + Redis + one worker process."""
+def start_production(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, **extra_env: str
+) -> Service:
+    """PostgreSQL + Redis (a database number of its own) + one worker process."""
     import redis
 
     db_number = 1 + secrets.randbelow(14)
@@ -124,6 +125,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> I
         "QS_MAX_UPLOAD_BYTES": str(8 * 2**20),
         "QS_JOB_LEASE_S": "8",  # a killed worker's job is taken over after 8 s
         "CUDA_VISIBLE_DEVICES": "",
+        **extra_env,
     }
     service = _service(
         Settings(
@@ -136,6 +138,13 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> I
         env,
     )
     service.start_worker()
+    return service
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Service]:
+    """PostgreSQL + Redis + one worker process."""
+    service = start_production(tmp_path_factory, postgres_url)
     yield service
     service.stop_worker()
 

@@ -229,6 +229,55 @@ def test_a_job_whose_worker_is_killed_runs_again_and_succeeds_once(
     assert len([a for a in done["artifacts"] if a["kind"] == "qpack"]) == 1
 
 
+def _epochs_reported(service: Service, job_id: int, stage: str) -> list[int]:
+    """The epoch numbers of ``stage``'s end-of-epoch events, in the order they were written."""
+    from sqlalchemy import select
+
+    from api.models import JobEvent
+
+    with service.client.app.state.sessionmaker() as session:
+        rows = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        ).all()
+    return [int(e.metrics["epoch"]) for e in rows if e.stage == stage and "epoch" in e.metrics]
+
+
+def test_a_killed_training_job_resumes_from_its_last_epoch(
+    production: Service, lenet_weights: Path
+) -> None:
+    """kill -9 in the middle of an LQ-Nets training run: the new attempt starts after the last
+    checkpointed epoch, so no finished epoch is trained (or reported) twice."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    model = _upload(production, lenet_weights)
+    epochs = 6
+    params = {"w_bits": 2, "a_bits": 32, "epochs": epochs, "batch_size": 16, "lr": 0.01}
+    job = _submit(production, model["id"], method="lq_nets", params=params)
+    deadline = time.monotonic() + 180
+    while not any(e >= 2 for e in _epochs_reported(production, job["id"], "lq_nets")):
+        assert time.monotonic() < deadline, production.worker_log()
+        time.sleep(0.2)
+    assert production.worker is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(production.worker.pid)], capture_output=True, text=True
+    ).stdout.split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    seen_at_kill = _epochs_reported(production, job["id"], "lq_nets")
+    assert seen_at_kill[-1] < epochs, "the run ended before the kill; make it longer"
+
+    done = production.wait_for(job["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 2
+    reported = _epochs_reported(production, job["id"], "lq_nets")
+    assert sorted(set(reported)) == list(range(1, epochs + 1))
+    assert reported.count(1) == 1, f"the second attempt started over: {reported}"
+    assert reported[: len(seen_at_kill)] == seen_at_kill
+
+
 def test_deleting_a_model_removes_its_jobs_and_files(
     production: Service, lenet_weights: Path
 ) -> None:
