@@ -42,7 +42,12 @@ from torch.nn import functional as F
 
 import quantcore
 from quantcore.layers import quant_layers
-from quantcore.methods.qnets import PRESETS, ClippedChainSGD, QNetsWeightQuantizer
+from quantcore.methods.qnets import (
+    PRESETS,
+    ClippedChainSGD,
+    QNetsActQuantizer,
+    QNetsWeightQuantizer,
+)
 
 try:  # run as `python bench/qnets.py` (bench/ on the path) or as `python -m bench.qnets`
     import _shared
@@ -148,7 +153,7 @@ def step_times(args: argparse.Namespace, data: quantcore.DataBundle) -> tuple[fl
         for _, layer in quant_layers(qmodel)
         if isinstance(q := layer.weight_quantizer, QNetsWeightQuantizer)
     ]
-    aqs = [layer.input_quantizer for _, layer in quant_layers(qmodel) if layer.input_quantizer]
+    aqs = [m for m in qmodel.modules() if isinstance(m, QNetsActQuantizer)]
     scale_ids = {id(t) for q in (*wqs, *aqs) for t in q.parameters()}
     latent = {id(layer.weight) for _, layer in quant_layers(qmodel)}
     network = [t for t in qmodel.parameters() if id(t) not in scale_ids]

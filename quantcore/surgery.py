@@ -1,8 +1,9 @@
-"""Model surgery: find the Conv2d/Linear layers and swap them for quantized wrappers."""
+"""Model surgery: swap Conv2d/Linear layers for quantized wrappers; find activation sites."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -132,3 +133,93 @@ def add_activation_sites(
         set_submodule(model, name, QuantAct(module, q, where))
         added.append(name)
     return added
+
+
+# Modules whose output is their input, reshaped or as it is (Dropout in eval mode).
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+_MAX_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_RELUS = (nn.ReLU, nn.ReLU6)
+
+
+@dataclass(frozen=True)
+class ReluSite:
+    """A ReLU module of a traced model seen as an activation site.
+
+    ``name`` is the module whose output the site is: the ReLU itself, or the max-pool module that
+    is the only module reading the ReLU's output (max pooling commutes with any non-decreasing
+    quantizer, and quantizing after the pool sees the values the next layer reads). ``relu`` is
+    the ReLU module; ``readers`` the modules that read the site's output, in call order, looking
+    through pass-through modules (Identity, Flatten, Unflatten, Dropout). Tensors that forward
+    code uses outside modules (``out + identity``, ``torch.flatten``) are not seen.
+    """
+
+    name: str
+    relu: str
+    readers: tuple[str, ...]
+
+
+def relu_sites(model: nn.Module, example_input: Tensor) -> list[ReluSite]:
+    """The ReLU (and ReLU6) modules that one eval forward of ``example_input`` calls, in call order.
+
+    Each module is one site (see :class:`ReluSite`); a ReLU module called at several places is
+    one site over all its outputs and is never moved onto a pool. Trace the float model: the
+    quantized wrappers are not leaf modules.
+    """
+    leaves = [(n, m) for n, m in model.named_modules() if next(m.children(), None) is None]
+    calls: list[tuple[str, nn.Module, tuple[int, ...], int]] = []  # (name, module, inputs, output)
+    alive: list[object] = []  # every traced tensor stays referenced, so no id() is reused
+
+    def remember(name: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+        def hook(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+            if isinstance(output, Tensor):
+                alive.extend((inputs, output))
+                ins = tuple(id(t) for t in inputs if isinstance(t, Tensor))
+                calls.append((name, module, ins, id(output)))
+
+        return hook
+
+    handles = [m.register_forward_hook(remember(n)) for n, m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    origin: dict[int, int] = {}  # tensor id -> id of the tensor it passes through unchanged
+    produced: list[tuple[str, nn.Module, set[int], int]] = []
+    for name, module, ins, out in calls:
+        sources = {origin.get(i, i) for i in ins}
+        if isinstance(module, _PASS_THROUGH) and len(ins) == 1:
+            origin[out] = next(iter(sources))
+            continue
+        origin[out] = out
+        produced.append((name, module, sources, out))
+
+    def readers(i: int) -> list[int]:
+        return [j for j in range(i + 1, len(produced)) if produced[i][3] in produced[j][2]]
+
+    calls_of: dict[str, list[int]] = {}
+    for i, (name, _, _, _) in enumerate(produced):
+        calls_of.setdefault(name, []).append(i)
+    sites = []
+    for relu, indices in calls_of.items():
+        if not isinstance(produced[indices[0]][1], _RELUS):
+            continue
+        site, read = relu, [j for i in indices for j in readers(i)]
+        if len(indices) == 1 and len(read) == 1:
+            pool = produced[read[0]]
+            if isinstance(pool[1], _MAX_POOLS) and len(calls_of[pool[0]]) == 1:
+                site, read = pool[0], readers(read[0])
+        names = tuple(dict.fromkeys(produced[j][0] for j in read))
+        sites.append(ReluSite(site, relu, names))
+    return sites

@@ -47,9 +47,29 @@ Where paper and code differ (default first, spec §10):
   quantization only"; fork: BN affine frozen); then everything, the weight temperature continuing
   from its phase-1 value (the official W+A script restarts it at T0 and re-initializes alpha/beta;
   not reproduced).
-- Placement (§5, §11): every Conv2d/Linear except the first and last; activation sites = the input
-  of every weight-quantized layer (one site per layer), which for a Conv-BN-ReLU(-Pool) network is
-  "after each ReLU (after the pooling)".
+- Placement (§5): weights of every Conv2d/Linear except the first and the last (downsample convs
+  included). Activations (§5.2, "quantize the ReLU outputs ... after the pooling when a pooling
+  follows"): one quantizer after every ReLU module, found by tracing one forward pass
+  (:func:`activation_site_names`), no per-architecture table:
+
+  - a ReLU whose output only a max-pool module reads is quantized after that pool (the stem of
+    the torchvision ResNets, AlexNet's pooled convs);
+  - residual block outputs are quantized: every zoo ResNet block ends in its own ReLU module
+    after the addition, so the block output (also the next block's shortcut) is one site, shared
+    by the next block's conv1 and downsample conv (one quantizer per distinct tensor, §11);
+  - the last block's output is quantized too (it goes through the average pool to the float
+    FC), as in the official ResNet-18 (17 sites) and the fork's ResNet-20 (19 sites);
+  - a ReLU read only by the float last layer (directly or through Dropout/Flatten/Identity
+    modules) is not quantized: the official AlexNet leaves fc7's output, the float classifier's
+    input, in float (6 sites).
+
+  So ResNet-20/32/56 (option A or B) have 1 + 2 per block sites, torchvision ResNet-18/34 1 + 2
+  per block, ResNet-50 1 + 3 per block, AlexNet 6, LeNet5 2, VGG-Small 7. The stem site is
+  quantized (the official ResNet code drops it by a bug, §10 row 9). The spec says nothing of
+  the LQ-Nets pre-activation ResNet-18: there the same rule quantizes the ReLU sites (stem + pool,
+  every pre-activation ReLU, every inner ReLU, each stage's closing ReLU; 17 sites), and the
+  block sums, which have no ReLU, stay float. A model with no ReLU module (ReLUs called as
+  functions) falls back to §11's generic rule: the input of every weight-quantized layer.
 
 Params defaults are the paper's ResNet recipe (lr 1e-3, milestones 30/45, 55 epochs, T0 = 5, wd
 1e-4, clip 5); ``PRESETS`` holds documented settings for AlexNet, the fork's CIFAR ResNet-20 and
@@ -74,7 +94,13 @@ from quantcore.data import DataBundle
 from quantcore.layers import InputQuantizer, WeightQuantizer, quant_layers
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
-from quantcore.surgery import quantize_model
+from quantcore.surgery import (
+    add_activation_sites,
+    find_layers,
+    quantize_model,
+    relu_sites,
+    select_layers,
+)
 from quantcore.training import train
 
 # --- level sets (§2.1) -------------------------------------------------------------------------
@@ -676,6 +702,26 @@ def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
+def _act_quantizers(model: nn.Module) -> list[QNetsActQuantizer]:
+    return [m for m in model.modules() if isinstance(m, QNetsActQuantizer)]
+
+
+def activation_site_names(
+    model: nn.Module, example_input: Tensor, float_layers: set[str]
+) -> list[str]:
+    """The modules after which QNets quantizes activations (§5.2; the module docstring).
+
+    Every ReLU module of the float ``model`` that one forward of ``example_input`` calls (moved
+    after a max-pool that alone reads it), except those read only by ``float_layers`` (the
+    Conv2d/Linear layers that keep float weights: the last FC).
+    """
+    return [
+        site.name
+        for site in relu_sites(model, example_input)
+        if not (site.readers and set(site.readers) <= float_layers)
+    ]
+
+
 class QNets(Method):
     name = "qnets"
     title = "Quantization Networks"
@@ -709,21 +755,24 @@ class QNets(Method):
             )
             return wq.to(weight.device)
 
-        def act_factory(_name: str, layer: nn.Module) -> QNetsActQuantizer | None:
-            if p.act_bits == 0:
-                return None
+        def act_factory(_name: str, _module: nn.Module) -> QNetsActQuantizer:
             aq = QNetsActQuantizer(activation_levels(p.act_bits), grad=agrad, clamp=clamp)
             aq.passthrough = True  # phase 1: activation quantization off
-            return aq.to(cast(Tensor, layer.weight).device)
+            return aq.to(ctx.device)
 
-        quantize_model(model, weight_factory, input_quantizer=act_factory)
-        layers = [layer for _, layer in quant_layers(model)]
-        wqs = [cast(QNetsWeightQuantizer, layer.weight_quantizer) for layer in layers]
-        aqs = [
-            cast(QNetsActQuantizer, layer.input_quantizer)
-            for layer in layers
-            if layer.input_quantizer is not None
+        sites: list[str] = []
+        if p.act_bits:  # placement on the float model (§5.2), before any layer is swapped
+            found = find_layers(model)
+            kept_float = {n for n, _ in found} - {n for n, _ in select_layers(found)}
+            example = torch.zeros(2, data.in_channels, *data.input_size, device=ctx.device)
+            sites = activation_site_names(model, example, kept_float)
+        per_layer = p.act_bits > 0 and not sites  # no ReLU module: §11's generic rule
+        quantize_model(model, weight_factory, input_quantizer=act_factory if per_layer else None)
+        add_activation_sites(model, sites, act_factory)
+        wqs = [
+            cast(QNetsWeightQuantizer, layer.weight_quantizer) for _, layer in quant_layers(model)
         ]
+        aqs = _act_quantizers(model)
         train_loader, val_loader = data.loaders(p.batch_size, seed=ctx.seed)
         ctx.report("init", 1.0)
 
@@ -769,12 +818,7 @@ class QNets(Method):
         all_wq_ids = {
             id(t) for _, layer in quant_layers(model) for t in layer.weight_quantizer.parameters()
         }
-        all_aq_ids = {
-            id(t)
-            for _, layer in quant_layers(model)
-            if layer.input_quantizer is not None
-            for t in layer.input_quantizer.parameters()
-        }
+        all_aq_ids = {id(t) for q in _act_quantizers(model) for t in q.parameters()}
         if wqs:  # phases 1 and 3: the whole network trains
             frozen_bn: set[int] = set()
             network = [t for t in model.parameters() if id(t) not in all_wq_ids | all_aq_ids]

@@ -22,7 +22,7 @@ from quantcore.artifact import ModelSpec, load_artifact, save_artifact
 from quantcore.context import RunContext
 from quantcore.data import DataBundle, load_dataset, subset
 from quantcore.errors import Cancelled, InvalidParams
-from quantcore.layers import QuantLinear, quant_layers
+from quantcore.layers import QuantLinear, activation_sites, quant_layers
 from quantcore.methods import qnets as qn
 from quantcore.qweight import dequantize
 from quantcore.registry import get_method, list_methods, parse_params
@@ -880,10 +880,16 @@ def test_method_trains_exports_and_round_trips(
     layers = quant_layers(quantized)
     assert [n for n, _ in layers] == ["features.3", "classifier.0"]  # first and last stay float
     assert not torch.equal(quantized.features[0].weight, first)  # phases 1 and 3 train it
+    # Activation sites (§5.2): after the ReLUs that feed conv2 and fc1; not after the ReLU that
+    # feeds the float classifier.
+    sites = activation_sites(quantized)
+    assert [n for n, _ in sites] == ["features.2", "features.5"]
+    for _, site in sites:
+        assert isinstance(site.quantizer, qn.QNetsActQuantizer)
+        assert not site.quantizer.passthrough
     for name, layer in layers:
-        wq, aq = layer.weight_quantizer, layer.input_quantizer
-        assert isinstance(aq, qn.QNetsActQuantizer)
-        assert not aq.passthrough
+        wq = layer.weight_quantizer
+        assert layer.input_quantizer is None
         qw = layer.export_weight()
         assert int(qw.bits[0]) == 3
         assert qw.codebook.shape == (1, 7)
@@ -892,8 +898,8 @@ def test_method_trains_exports_and_round_trips(
         assert set(layer.quantized_weight().unique().tolist()) <= set(qw.codebook[0].tolist())
     x = torch.stack([digits.val[i][0] for i in range(16)])
     with torch.no_grad():
-        for _, layer in layers:  # activation grid: the eval input quantizer lies on alpha * Y
-            aq = layer.input_quantizer
+        for _, site in sites:  # activation grid: the eval quantizer lies on alpha * Y
+            aq = site.quantizer
             out = aq(torch.rand(1000) * 5)
             assert set(out.unique().tolist()) <= set(aq.codebook().tolist())
     path = tmp_path / "qnets.qpack"
@@ -943,7 +949,8 @@ def test_activations_are_quantized_even_without_an_activation_phase(
     quantized = get_method("qnets").quantize(
         zoo.build("lenet5", num_classes=10, in_channels=1), digits, params, RunContext()
     )
-    assert all(not layer.input_quantizer.passthrough for _, layer in quant_layers(quantized))
+    assert len(activation_sites(quantized)) == 2
+    assert all(not site.quantizer.passthrough for _, site in activation_sites(quantized))
     path = tmp_path / "qnets.qpack"
     save_artifact(
         quantized,
