@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from worker.devices import visible_cuda_devices
 
@@ -38,14 +39,23 @@ def worker_command(name: str, loglevel: str = "INFO") -> list[str]:
     ]
 
 
-def main() -> int:
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = (
-        [d for d in gpus.split(",") if d.strip()] if gpus is not None else visible_cuda_devices()
-    )
-    plans = [(f"gpu{d}", {"CUDA_VISIBLE_DEVICES": d}) for d in devices] or [
+def worker_plans(
+    cuda_visible: str | None, detect: Callable[[], list[str]]
+) -> list[tuple[str, dict[str, str]]]:
+    """One (name, environment) per worker process: one per GPU, each pinned to its device with
+    CUDA_VISIBLE_DEVICES, or one CPU worker. ``cuda_visible`` (the variable as this process got
+    it) wins over ``detect``; an empty value means no GPU."""
+    if cuda_visible is not None:
+        devices = [d.strip() for d in cuda_visible.split(",") if d.strip()]
+    else:
+        devices = detect()
+    return [(f"gpu{d}", {"CUDA_VISIBLE_DEVICES": d}) for d in devices] or [
         ("cpu", {"CUDA_VISIBLE_DEVICES": ""})
     ]
+
+
+def main() -> int:
+    plans = worker_plans(os.environ.get("CUDA_VISIBLE_DEVICES"), visible_cuda_devices)
     procs = [
         subprocess.Popen(worker_command(name), env={**os.environ, **env}) for name, env in plans
     ]
