@@ -98,8 +98,13 @@ def save_artifact(
     method: str,
     params: Mapping[str, Any],
     metrics: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``model`` (a quantized model) as a ``.qpack`` at ``path``; returns the manifest."""
+    """Write ``model`` (a quantized model) as a ``.qpack`` at ``path``; returns the manifest.
+
+    ``provenance`` is the run's reproducibility manifest (``quantcore.provenance.manifest``):
+    stored as it is, read back by ``read_manifest``.
+    """
     tensors: dict[str, torch.Tensor] = {}
     layers = []
     for name, layer in quant_layers(model):
@@ -146,6 +151,7 @@ def save_artifact(
         "sizes": {k: v for k, v in report.to_json().items() if k != "layers"},
         "layer_table": [r.to_json() for r in report.layers],
         "metrics": dict(metrics or {}),
+        "provenance": dict(provenance or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
