@@ -44,7 +44,9 @@ def get_celery(request: Request) -> Celery:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the route returns, before the response is sent,
+# so a client that acts on a 201 at once finds the row it was told about.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[LocalBlobStore, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
