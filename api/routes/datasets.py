@@ -51,6 +51,18 @@ def _builtins() -> list[DatasetPublic]:
             title=d.title,
             available=not d.needs_root,
             description=d.description,
+            **(
+                {}
+                if d.shape is None
+                else {
+                    "num_classes": d.shape.num_classes,
+                    "in_channels": d.shape.in_channels,
+                    "input_height": d.shape.input_size[0],
+                    "input_width": d.shape.input_size[1],
+                    "num_train": d.shape.num_train,
+                    "num_val": d.shape.num_val,
+                }
+            ),
         )
         for d in list_datasets()
         if d.name not in ("npz", "imagefolder")  # these two are what uploads are

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from quantcore.data.bundle import DataBundle, DatasetInfo
+from quantcore.data.bundle import DataBundle, DatasetInfo, DatasetShape
 from quantcore.data.cifar import load_cifar10
 from quantcore.data.digits import load_digits
 from quantcore.data.idx import FASHION_MNIST_ROOT, MNIST_ROOT, load_fashion_mnist, load_mnist
@@ -37,6 +37,7 @@ _SOURCES: tuple[_Source, ...] = (
             default_root=None,
             description="1,797 grayscale 8x8 handwritten digits, 10 classes, shipped with "
             "scikit-learn; fixed stratified 80/20 split. image_size=28 fits MNIST models.",
+            shape=DatasetShape(10, 1, (8, 8), 1437, 360),
         ),
         load_digits,
     ),
@@ -48,6 +49,7 @@ _SOURCES: tuple[_Source, ...] = (
             default_root=MNIST_ROOT,
             description="70,000 grayscale 28x28 handwritten digits, 10 classes, from the four "
             "IDX files (optionally .gz).",
+            shape=DatasetShape(10, 1, (28, 28), 60_000, 10_000),
         ),
         load_mnist,
     ),
@@ -59,6 +61,7 @@ _SOURCES: tuple[_Source, ...] = (
             default_root=FASHION_MNIST_ROOT,
             description="70,000 grayscale 28x28 clothing images, 10 classes, from the four IDX "
             "files; Debian's dataset-fashion-mnist package installs them.",
+            shape=DatasetShape(10, 1, (28, 28), 60_000, 10_000),
         ),
         load_fashion_mnist,
     ),
@@ -70,6 +73,7 @@ _SOURCES: tuple[_Source, ...] = (
             default_root=None,
             description="60,000 RGB 32x32 images, 10 classes, from the python-version batches; "
             "train augmented with pad-4 random crop and flip.",
+            shape=DatasetShape(10, 3, (32, 32), 50_000, 10_000),
         ),
         load_cifar10,
     ),

@@ -47,6 +47,18 @@ class DatasetInfo:
     needs_root: bool
     default_root: str | None
     description: str
+    shape: DatasetShape | None = None  # fixed built-ins only; uploads are measured when loaded
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a fixed built-in holds, known without loading it (at its default image size)."""
+
+    num_classes: int
+    in_channels: int
+    input_size: tuple[int, int]
+    num_train: int
+    num_val: int
 
 
 @dataclass

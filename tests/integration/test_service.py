@@ -388,3 +388,12 @@ def test_bad_dataset_uploads_are_refused(production: Service, tmp_path: Path) ->
         assert str(production.settings.resolved_blob_dir) not in r.text  # no server paths
     assert not marker.exists()
     assert production.client.get("/api/v1/datasets").json() == before
+
+
+def test_builtin_datasets_list_their_sizes(production: Service) -> None:
+    listed = {d["name"]: d for d in production.client.get("/api/v1/datasets").json()}
+    digits = listed["digits"]
+    assert digits["kind"] == "builtin"
+    assert digits["available"] is True
+    shape = ("num_classes", "in_channels", "input_height", "input_width", "num_train", "num_val")
+    assert [digits[k] for k in shape] == [10, 1, 8, 8, 1437, 360]

@@ -149,6 +149,21 @@ def test_list_datasets_names_every_loader_once() -> None:
     assert all(info.title and info.description for info in infos.values())
 
 
+@pytest.mark.parametrize("name", ["digits", "fashion-mnist"])
+def test_a_builtins_declared_shape_is_what_loading_gives(name: str) -> None:
+    info = next(i for i in list_datasets() if i.name == name)
+    if info.needs_root:
+        pytest.skip(f"{name} is not installed here (make setup installs it)")
+    assert info.shape is not None
+    data = load_dataset(name)
+    assert (data.num_classes, data.in_channels, data.input_size) == (
+        info.shape.num_classes,
+        info.shape.in_channels,
+        info.shape.input_size,
+    )
+    assert (len(data.train), len(data.val)) == (info.shape.num_train, info.shape.num_val)
+
+
 def test_unknown_dataset_name_lists_the_known_ones() -> None:
     with pytest.raises(UnknownName) as excinfo:
         load_dataset("imagenet-22k")
