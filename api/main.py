@@ -7,6 +7,7 @@ from fastapi import Depends, FastAPI
 from api import errors
 from api.db import current_and_head, make_engine, make_sessionmaker, upgrade_to_head
 from api.deps import get_current_user
+from api.frontend import mount_frontend
 from api.limits import ConcurrencyLimit
 from api.queue import make_celery
 from api.routes import artifacts, auth, datasets, health, jobs, meta, metrics, models
@@ -52,4 +53,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     signed_in = [Depends(get_current_user)]  # every resource needs a user; /auth/login does not
     for router in (meta.router, datasets.router, models.router, jobs.router, artifacts.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=signed_in)
+    mount_frontend(app)  # last: its catch-all route must not shadow the API's
     return app
