@@ -48,9 +48,23 @@ Where the paper, the official code and this file differ (§10), the default is t
 - Storage (§8): K bits per weight (code index, bit j = b_j) plus K float32 per output channel
   (codebook kind ``bases``); each activation quantizer's basis and EMA state travel as float
   state.
-- Not supported: ``w_bits=32`` with quantized activations. The quantized-weight contract holds
-  at most 8 bits per weight, so a float weight cannot carry an input quantizer; it is refused
-  with InvalidParams. (W32/A32 would quantize nothing.)
+- W32 with quantized activations (float weights; part of the W x A grid this method accepts):
+  the layers that would be quantized keep their float weight and get an input activation site
+  (``quantcore.layers.QuantAct``, ``where="input"``) holding the same activation quantizer, so
+  placement, the §6.2 shortcut sharing, QEM and the artifact are as with quantized weights.
+  W32/A32 would quantize nothing: InvalidParams.
+
+Computation (same results as the literal §2.2 procedure; tested against it):
+
+- Sorting the 2^K levels is done by ranks from pairwise comparisons (the stable sort's order,
+  ties included), so no sort operator is traced and the eval forward exports to ONNX.
+- Training encodes with L-1 comparisons [x ≤ t_k] instead of a per-element search:
+  A[l] = [rank = l] as 0/1 masks in column blocks of one reused buffer; the quantized value is
+  ``valuesᵀA`` (one non-zero term per element: exactly the level), and QEM's BᵀB and Bᵀx come
+  from the per-rank counts A·1 and sums A·x (O(L·K²) once they are known), never from an
+  (n, K) code matrix. :func:`encode` (search-based, with code indices) serves export and tests.
+  Sums are accumulated in float32 by matrix products, so QEM solutions agree with a literal
+  float32 implementation to float rounding (the reference vectors: rtol 1e-5), not bit for bit.
 """
 
 from __future__ import annotations
@@ -60,16 +74,16 @@ import math
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from quantcore.context import RunContext
 from quantcore.data import DataBundle
-from quantcore.errors import InvalidParams
-from quantcore.layers import InputQuantizer, WeightQuantizer, quant_layers
+from quantcore.errors import NothingQuantized
+from quantcore.layers import InputQuantizer, QuantAct, WeightQuantizer
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
-from quantcore.surgery import quantize_model
+from quantcore.surgery import add_activation_sites, find_layers, quantize_model, select_layers
 from quantcore.training import seed_everything, train
 from quantcore.zoo.preact_resnet import PreActBasicBlock
 
@@ -79,6 +93,8 @@ W_INIT_SCALE = 0.6745  # §4: Φ⁻¹(0.75), the official constant
 A_INIT_TOP = 1.349  # §4: 2 · 0.6745, the initial top activation level
 QEM_INIT_ITERATIONS = 5  # §10 P4
 SINGULAR_COND = 1e6  # §3.5 recommended guard
+SWEEP_BLOCK = 1 << 18  # elements of the encoding sweep's mask buffer on CPU (1 MB: in cache)
+SWEEP_BLOCK_ACCEL = 1 << 24  # on other devices (GPU): fewer, larger kernels
 
 Schedule = Literal["imagenet_linear", "imagenet_step", "cifar10_step", "cosine"]
 
@@ -138,6 +154,15 @@ class LQNetsParams(MethodParams):
         True, description="Keep the first conv and the last linear layer in float (official)."
     )
 
+    @model_validator(mode="after")
+    def _quantizes_something(self) -> LQNetsParams:
+        if self.w_bits == 32 and self.a_bits == 32:
+            raise ValueError(
+                "w_bits=32 with a_bits=32 quantizes nothing: choose w_bits in 1, 2, 3, 4 or "
+                "a_bits in 2, 3, 4"
+            )
+        return self
+
 
 # §13 small-data preset (LeNet-5 / Fashion-MNIST from a float model; not from the paper or code).
 SMALL_DATA_PRESET: dict[str, Any] = {
@@ -168,24 +193,53 @@ CIFAR10_PRESET: dict[str, Any] = {
 
 def code_table(bits: int, signed: bool, device: torch.device | None = None) -> Tensor:
     """§2.1 E[i, j] = bit j of i, as ±1 (weights, ``signed``) or 0/1 (activations); (2^K, K)."""
-    idx = torch.arange(2**bits, device=device)  # (L,)
-    table = ((idx.unsqueeze(-1) >> torch.arange(bits, device=device)) & 1).float()  # (L, K)
+    idx = torch.arange(2**bits, device=device).unsqueeze(-1)  # (L, 1)
+    powers = 2 ** torch.arange(bits, device=device)  # (K,)
+    table = torch.div(idx, powers, rounding_mode="floor").remainder(2).float()  # (L, K)
     return table * 2 - 1 if signed else table
 
 
-def sorted_levels(basis: Tensor, signed: bool) -> tuple[Tensor, Tensor, Tensor]:
+def sorted_levels(
+    basis: Tensor, signed: bool, table: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """§2.2 steps 1-3 for bases ``(G, K)``: sorted levels, sort ids ``(G, L)``, thresholds.
 
     Among equal levels the higher code index comes first (Q2). Thresholds are
-    ½ s_k + ½ s_{k+1}, ``(G, L - 1)``.
+    ½ s_k + ½ s_{k+1}, ``(G, L - 1)``. The sort is computed as ranks from pairwise comparisons
+    (L ≤ 16): the order of a stable sort, with no sort operator, so it traces to ONNX.
+    ``table``: :func:`code_table` of ``(K, signed)`` when the caller keeps one.
     """
-    table = code_table(basis.shape[-1], signed, basis.device).to(basis.dtype)  # (L, K)
+    if table is None:
+        table = code_table(basis.shape[-1], signed, basis.device)
+    table = table.to(basis.dtype)  # (L, K)
     values = (basis.unsqueeze(-2) * table).sum(-1)  # (G, L): l_i = E[i]·v
-    # A stable sort of the reversed values puts the higher code index first among ties.
-    levels, order = torch.sort(values.flip(-1), dim=-1, stable=True)  # (G, L)
-    sort_id = values.shape[-1] - 1 - order  # (G, L)
+    idx = torch.arange(values.shape[-1], device=basis.device)  # (L,)
+    vi, vj = values.unsqueeze(-1), values.unsqueeze(-2)  # (G, L, 1), (G, 1, L)
+    # rank_i = #{j: l_j < l_i} + #{j > i: l_j = l_i}: ties put the higher code index first
+    before = (vj < vi) | ((vj == vi) & (idx > idx.unsqueeze(-1)))  # (G, L_i, L_j)
+    at = before.sum(-1, keepdim=True) == idx  # (G, L_i, L_rank): code i sits at that rank
+    levels = torch.where(at, vi, torch.zeros_like(vi)).sum(-2)  # (G, L), one term per rank
+    codes = idx.unsqueeze(-1).expand_as(at)  # (G, L_i, L_rank)
+    sort_id = torch.where(at, codes, torch.zeros_like(codes)).sum(-2)  # (G, L)
     thresholds = 0.5 * levels[..., :-1] + 0.5 * levels[..., 1:]  # (G, L-1)
     return levels, sort_id, thresholds
+
+
+def rank_values(levels: Tensor, signed: bool, legacy_lowest_code: bool) -> Tensor:
+    """The value each level rank encodes to ``(G, L)``: the sorted levels, except that the
+    official activation sweep starts at value 0, not s_0 (§2.2 step 4, Q1)."""
+    if legacy_lowest_code and not signed:
+        return torch.cat([torch.zeros_like(levels[:, :1]), levels[:, 1:]], dim=1)
+    return levels
+
+
+def qem_code_rows(sort_id: Tensor, table: Tensor, legacy_lowest_code: bool) -> Tensor:
+    """The row of ``table`` (:func:`code_table`) QEM uses for each level rank ``(G, L, K)``: the
+    code of that level, except code 0 for the lowest bucket with ``legacy_lowest_code`` (Q1)."""
+    rows = table[sort_id]  # (G, L, K)
+    if legacy_lowest_code:
+        rows[:, 0] = table[0]
+    return rows
 
 
 def encode(
@@ -198,50 +252,94 @@ def encode(
     to ``y``: the exported code) and the code table rows QEM uses per level rank ``(G, L, K)``
     (with ``legacy_lowest_code`` row 0 is code 0 (Q1); else the chosen levels' codes).
     """
-    y, level_index, sort_id, qem_codes = _encode_levels(x, basis, signed, legacy_lowest_code)
+    table = code_table(basis.shape[-1], signed, basis.device)  # (L, K)
+    levels, sort_id, thresholds = sorted_levels(basis, signed, table)  # (G, L) ... (G, L-1)
+    values = rank_values(levels, signed, legacy_lowest_code)  # (G, L)
+    # Strict x > t_k counts the thresholds below x: the rank of the highest threshold exceeded.
+    if x.shape[0] == 1:  # one shared basis (activations): the 1-D search
+        level_index = torch.bucketize(x[0], thresholds[0], right=False).unsqueeze(0)  # (1, n)
+        y = values[0][level_index]  # (1, n)
+    else:
+        level_index = torch.searchsorted(thresholds.contiguous(), x.contiguous(), right=False)
+        y = values.gather(1, level_index)  # (G, n)
     code_index = sort_id.gather(1, level_index)  # (G, n)
+    qem_codes = qem_code_rows(sort_id, table, legacy_lowest_code).to(x.dtype)
     return y, level_index, code_index, qem_codes
 
 
-def _encode_levels(
-    x: Tensor, basis: Tensor, signed: bool, legacy_lowest_code: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`encode` without the per-element code index.
+def level_sweep(
+    x: Tensor, values: Tensor, thresholds: Tensor, statistics: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """§2.2 step 5 without an index per element: each row of ``x`` ``(G, n)`` takes the value of
+    its rank, ``values`` ``(G, L)``, the rank being the number of ``thresholds`` ``(G, L-1)`` that
+    x exceeds strictly (a value on a threshold goes down, Q3): the rank :func:`encode` finds.
 
-    Returns ``(y, level_index, sort_id, qem_codes)``.
+    With A[l] = [rank = l] (0/1 masks from the L-1 comparisons [x ≤ t_k]), y = valuesᵀA has one
+    non-zero term per element, so it is exactly the level (no rounding). With ``statistics`` also
+    returns the per-rank counts A·1 and sums A·x ``(G, L)``, which is all QEM needs
+    (:func:`normal_equations_from_levels`). The columns go in blocks through reused
+    ``(G, L, w)`` buffers of about ``SWEEP_BLOCK`` elements (CPU; ``SWEEP_BLOCK_ACCEL`` on other
+    devices), so only ``y`` is as large as x.
     """
-    levels, sort_id, thresholds = sorted_levels(basis, signed)  # (G, L), (G, L), (G, L-1)
-    if legacy_lowest_code and not signed:  # the official sweep starts activations at value 0
-        levels = torch.cat([torch.zeros_like(levels[:, :1]), levels[:, 1:]], dim=1)  # (G, L)
-    # Strict x > t_k counts the thresholds below x: the rank of the highest threshold exceeded.
-    if x.shape[0] == 1:  # one shared basis (activations): the 1-D search is the fast path
-        level_index = torch.bucketize(x[0], thresholds[0], right=False).unsqueeze(0)  # (1, n)
-        y = levels[0][level_index]  # (1, n)
-    else:
-        level_index = torch.searchsorted(thresholds.contiguous(), x.contiguous(), right=False)
-        y = levels.gather(1, level_index)  # (G, n)
-    table = code_table(basis.shape[-1], signed, basis.device).to(basis.dtype)  # (L, K)
-    qem_codes = table[sort_id]  # (G, L, K)
-    if legacy_lowest_code:
-        qem_codes[:, 0] = table[0]
-    return y, level_index, sort_id, qem_codes
+    g, n = x.shape
+    big_l = values.shape[1]
+    if torch.compiler.is_compiling():  # torch.export / ONNX: one block, functional ops
+        below = (x.unsqueeze(1) <= thresholds.unsqueeze(-1)).to(x.dtype)  # (G, L-1, n)
+        ones = torch.ones_like(below[:, :1])  # (G, 1, n)
+        at = torch.cat([below, ones], 1) - torch.cat([torch.zeros_like(ones), below], 1)
+        y = (values.to(x.dtype).unsqueeze(1) @ at).squeeze(1)  # (G, n)
+        if not statistics:
+            return y, None, None
+        return y, at.sum(-1), (at @ x.unsqueeze(-1)).squeeze(-1)
+    y = torch.empty_like(x)  # (G, n)
+    size = SWEEP_BLOCK if x.device.type == "cpu" else SWEEP_BLOCK_ACCEL
+    width = max(1, min(n, size // (g * big_l)))
+    # steps[:, k] = [x ≤ t_{k-1}] with a row of zeros (t_{-1} = -inf) and ones (t_{L-1} = inf)
+    steps = x.new_empty(g, big_l + 1, width)  # (G, L+1, w)
+    steps[:, 0].zero_()
+    steps[:, -1].fill_(1)
+    work = x.new_empty(g, big_l, width)  # (G, L, w)
+    vals = values.to(x.dtype).unsqueeze(1)  # (G, 1, L)
+    cuts = thresholds.to(x.dtype).unsqueeze(-1)  # (G, L-1, 1)
+    counts, sums = [], []
+    for start in range(0, n, width):
+        cols = x[:, start : start + width]  # (G, w)
+        w = cols.shape[1]
+        torch.le(cols.unsqueeze(1), cuts, out=steps[:, 1:-1, :w])  # [x ≤ t_k]
+        at = torch.sub(steps[:, 1:, :w], steps[:, :-1, :w], out=work[..., :w])  # [rank = l]
+        torch.matmul(vals, at, out=y[:, start : start + width].unsqueeze(1))  # (G, 1, w)
+        if statistics:
+            counts.append(at.sum(-1))  # (G, L); float32: exact up to 2^24 per block
+            sums.append((at @ cols.unsqueeze(-1)).squeeze(-1))  # (G, L)
+    if not statistics:
+        return y, None, None
+    return y, torch.stack(counts).sum(0), torch.stack(sums).sum(0)
+
+
+def normal_equations_from_levels(
+    counts: Tensor, sums: Tensor, qem_codes: Tensor
+) -> tuple[Tensor, Tensor]:
+    """§3.2 BᵀB ``(G, K, K)`` and Bᵀx ``(G, K)`` from per-rank counts and sums ``(G, L)``.
+
+    B's row for an element at rank l is ``qem_codes[g, l]``; grouping equal rows gives
+    BᵀB = Σ_l count_l e_l e_lᵀ and Bᵀx = Σ_l (Σ_{x at l} x) e_l. In the dtype of ``sums``.
+    """
+    codes = qem_codes.to(sums.dtype)  # (G, L, K)
+    codes_t = codes.transpose(1, 2)  # (G, K, L)
+    btb = codes_t @ (counts.to(sums.dtype).unsqueeze(-1) * codes)  # (G, K, K)
+    btx = (codes_t @ sums.unsqueeze(-1)).squeeze(-1)  # (G, K)
+    return btb, btx
 
 
 def normal_equations(x: Tensor, level_index: Tensor, qem_codes: Tensor) -> tuple[Tensor, Tensor]:
-    """§3.2 BᵀB ``(G, K, K)`` and Bᵀx ``(G, K)`` from per-level counts and sums, O(n + L·K²).
-
-    B's row for an element is ``qem_codes[g, level_index]``; grouping equal rows gives
-    BᵀB = Σ_l count_l e_l e_lᵀ and Bᵀx = Σ_l (Σ_{x at l} x) e_l without an (n, K) tensor.
-    """
+    """§3.2 BᵀB ``(G, K, K)`` and Bᵀx ``(G, K)`` of the elements ``x`` ``(G, n)`` at the ranks
+    ``level_index`` (from :func:`encode`), through per-rank counts and sums; in x's dtype."""
     g, big_l = qem_codes.shape[:2]
     counts = torch.zeros(g, big_l, dtype=x.dtype, device=x.device)  # (G, L)
-    counts.scatter_add_(1, level_index, x.new_ones(()).expand_as(x))  # no (G, n) ones tensor
+    counts.scatter_add_(1, level_index, x.new_ones(()).expand_as(x))
     sums = torch.zeros(g, big_l, dtype=x.dtype, device=x.device)  # (G, L)
     sums.scatter_add_(1, level_index, x)
-    codes_t = qem_codes.transpose(1, 2)  # (G, K, L)
-    btb = codes_t @ (counts.unsqueeze(-1) * qem_codes)  # (G, K, K)
-    btx = (codes_t @ sums.unsqueeze(-1)).squeeze(-1)  # (G, K)
-    return btb, btx
+    return normal_equations_from_levels(counts, sums, qem_codes)
 
 
 def solve_basis(
@@ -311,25 +409,44 @@ class _QEMState(nn.Module):
 
     signed: bool
     legacy_lowest_code: bool
+    bits: int
     basis: Tensor
     biased: Tensor
     steps: Tensor
+    table: Tensor
 
     def _init_state(self, basis: Tensor, momentum: float, debias: bool, ridge: float) -> None:
         self.register_buffer("basis", basis.clone().float())
         self.register_buffer("biased", torch.zeros_like(self.basis))
         self.register_buffer("steps", torch.zeros((), dtype=torch.float32))
+        # §2.1 code table (L, K), derived from the constructor arguments: not saved
+        self.register_buffer("table", code_table(self.bits, self.signed), persistent=False)
         self.momentum = momentum
         self.debias = debias
         self.ridge = ridge
         self.guard = False
         self.qem_enabled = True
 
+    def _sweep(
+        self, rows: Tensor, basis: Tensor, statistics: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Quantize ``rows`` ``(G, n)`` with ``basis`` ``(G, K)``: ``(y, top level (G,),
+        (BᵀB, Bᵀx) of the QEM solve or None)``."""
+        levels, sort_id, thresholds = sorted_levels(basis, self.signed, self.table)
+        values = rank_values(levels, self.signed, self.legacy_lowest_code)  # (G, L)
+        y, counts, sums = level_sweep(rows, values, thresholds, statistics)  # (G, n), (G, L) x2
+        if counts is None or sums is None:
+            return y, levels[:, -1], None
+        codes = qem_code_rows(sort_id, self.table, self.legacy_lowest_code)  # (G, L, K)
+        btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
+        return y, levels[:, -1], torch.cat([btb, btx.unsqueeze(-1)], -1).to(basis.dtype)
+
     @torch.no_grad()
-    def _qem_update(self, x: Tensor, level_index: Tensor, qem_codes: Tensor) -> None:
-        """§3.1-§3.3: one solve on this step's codes, then the moving average."""
+    def _qem_update(self, system: Tensor) -> None:
+        """§3.1-§3.3: one solve on this step's codes ``[BᵀB | Bᵀx]`` ``(G, K, K+1)``, then the
+        moving average."""
         basis = self.basis.view(-1, self.basis.shape[-1])  # (G, K)
-        btb, btx = normal_equations(x.float(), level_index, qem_codes)  # (G,K,K), (G,K)
+        btb, btx = system[..., :-1], system[..., -1]  # (G, K, K), (G, K)
         u, ok = solve_basis(btb, btx, basis, self.ridge, self.guard)  # (G, K), (G,)
         new_basis, new_biased, new_steps = moving_average(
             basis, self.biased.view_as(basis), self.steps, u, self.momentum, self.debias
@@ -353,9 +470,9 @@ class _QEMState(nn.Module):
         basis = self.basis.view(-1, self.basis.shape[-1])  # (G, K)
         rows = x.detach().float().reshape(basis.shape[0], -1)  # (G, n)
         for _ in range(iterations):
-            _, idx, _, qem_codes = encode(rows, basis, self.signed, self.legacy_lowest_code)
-            btb, btx = normal_equations(rows, idx, qem_codes)  # (G,K,K), (G,K)
-            u, ok = solve_basis(btb, btx, basis, self.ridge)  # (G, K), (G,)
+            system = self._sweep(rows, basis, statistics=True)[2]
+            assert system is not None
+            u, ok = solve_basis(system[..., :-1], system[..., -1], basis, self.ridge)  # (G, K)
             basis = torch.where(ok.unsqueeze(-1), u, basis)  # singular rows keep their basis
         self.basis.copy_(basis.view_as(self.basis))
 
@@ -373,17 +490,22 @@ class _WeightSTE(torch.autograd.Function):
 
 
 class _ActSTE(torch.autograd.Function):
-    """§5 activations: forward Q(x), backward ∂L/∂y · [x ≤ s_max] (the pre-update top level)."""
+    """§5 activations: forward Q(x), backward ∂L/∂y · [x ≤ s_max] (the pre-update top level).
+
+    The mask is recomputed from the saved input in the backward (x is kept alive by the layer
+    that produced it anyway), one float pass instead of a stored mask.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, y: Tensor, top: Tensor) -> Tensor:
-        ctx.save_for_backward(x <= top)
+        ctx.save_for_backward(x, top)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
+        x, top = ctx.saved_tensors
+        mask = torch.le(x, top, out=torch.empty_like(grad))  # (…) 0/1 in grad's dtype
+        return mask.mul_(grad), None, None
 
 
 class LQWeightQuantizer(_QEMState, WeightQuantizer):
@@ -418,11 +540,10 @@ class LQWeightQuantizer(_QEMState, WeightQuantizer):
     def forward(self, w: Tensor) -> Tensor:
         if not self.training:
             return _WeightSTE.apply(w, dequantize(self.export(w)).to(w.dtype))
-        rows = self._rows(w)  # (C_out, M)
         with torch.no_grad():
-            y, idx, _, qem_codes = encode(rows, self.basis, True, self.legacy_lowest_code)
-            if self.qem_enabled:  # after the forward value: it used the pre-update basis (D4)
-                self._qem_update(rows, idx, qem_codes)
+            y, _, system = self._sweep(self._rows(w), self.basis, self.qem_enabled)
+            if system is not None:  # after the forward value: it used the pre-update basis (D4)
+                self._qem_update(system)
         return _WeightSTE.apply(w, y.reshape(w.shape).to(w.dtype))
 
     def export(self, w: Tensor) -> QuantizedWeight:
@@ -444,7 +565,11 @@ class LQActQuantizer(_QEMState, InputQuantizer):
 
     A *follower* (see :meth:`follow`) quantizes with its leader's basis (the pre-update one during
     a training step) and runs no QEM: the §6.2 projection shortcut that reads the same quantized
-    tensor as its block's first conv.
+    tensor as its block's first conv. Its own ``basis`` buffer is kept equal to the leader's (for
+    the artifact), and synced when the module switches to eval.
+
+    The eval forward is a fixed function of ``basis`` with no sort and no state change, so
+    ``torch.export`` (and the ONNX export) can trace it.
     """
 
     kind = "lq_nets_act"
@@ -489,6 +614,15 @@ class LQActQuantizer(_QEMState, InputQuantizer):
         with torch.no_grad():
             self.basis.copy_(leader.basis)
 
+    def train(self, mode: bool = True) -> LQActQuantizer:
+        super().train(mode)
+        if not mode:
+            self._step_basis = None
+            if self._leader:  # the leader's last training step may have come after ours
+                with torch.no_grad():
+                    self.basis.copy_(self._leader[0].basis)
+        return self
+
     def _basis_in_use(self) -> Tensor:
         """The basis this step quantized with: pre-update while training (D4)."""
         if self.training and self._step_basis is not None:
@@ -496,13 +630,13 @@ class LQActQuantizer(_QEMState, InputQuantizer):
         return self.basis
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._eval_forward(x)
+        basis = self.basis
         if self._leader:
-            leader = self._leader[0]
-            basis = leader._basis_in_use().detach()
+            basis = self._leader[0]._basis_in_use().detach()
             with torch.no_grad():
-                self.basis.copy_(leader.basis)
-        else:
-            basis = self.basis
+                self.basis.copy_(self._leader[0].basis)
         flat = x.detach().reshape(1, -1).to(basis.dtype)  # (1, numel)
         if not self._sign_checked:  # one host sync per quantizer and run (§6.4 default rule)
             self._sign_checked = True
@@ -511,18 +645,27 @@ class LQActQuantizer(_QEMState, InputQuantizer):
                     "LQ-Nets activation quantizer sees negative inputs: its levels are >= 0 "
                     "(post-ReLU input expected), so negatives map to the lowest level"
                 )
+        qem = self.qem_enabled and not self._leader
         with torch.no_grad():
-            y, idx, _, qem_codes = _encode_levels(
-                flat, basis.view(1, -1), False, self.legacy_lowest_code
-            )
-            top = sorted_levels(basis.view(1, -1), False)[0][0, -1]  # () pre-update s_max
-            if self.training and not self._leader:
+            y, top, system = self._sweep(flat, basis.view(1, -1), qem)  # top: pre-update s_max
+            if not self._leader:
                 self._step_basis = basis.clone()
-                if self.qem_enabled:
-                    self._qem_update(flat, idx, qem_codes)
-            elif not self.training:
-                self._step_basis = None
+            if system is not None:
+                self._qem_update(system)
         y = y.reshape(x.shape).to(x.dtype)
+        return self._ste(x, y, top[0])
+
+    def _eval_forward(self, x: Tensor) -> Tensor:
+        """Frozen basis: encode only (traceable: no sort, no state change, no host sync)."""
+        basis = (self._leader[0].basis if self._leader else self.basis).view(1, -1)  # (1, K)
+        flat = x.detach().reshape(1, -1).to(basis.dtype)  # (1, numel)
+        y = self._sweep(flat, basis, statistics=False)[0].reshape(x.shape).to(x.dtype)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return y
+        top = sorted_levels(basis, False, self.table)[0][0, -1]  # ()
+        return self._ste(x, y, top)
+
+    def _ste(self, x: Tensor, y: Tensor, top: Tensor) -> Tensor:
         if not self.ste_clip_top:
             top = torch.full_like(top, math.inf)
         return _ActSTE.apply(x, y, top.to(x.dtype))
@@ -554,15 +697,24 @@ def _lr_factor(schedule: str, epochs: int, base_lr: float) -> Any:
     return table[schedule]
 
 
+def _act_quantizer(module: nn.Module | None) -> LQActQuantizer | None:
+    """The LQ-Nets quantizer on ``module``'s input: a quantized layer's input quantizer, or the
+    quantizer of an input activation site around a float layer (W32)."""
+    if isinstance(module, QuantAct) and module.where == "input":
+        q: Any = module.quantizer
+    else:
+        q = getattr(module, "input_quantizer", None)
+    return q if isinstance(q, LQActQuantizer) else None
+
+
 def _link_preact_shortcuts(model: nn.Module) -> None:
     """§6.2: a projection shortcut reads the quantized stage input its block's conv1 reads."""
     for block in model.modules():
-        conv1, down = getattr(block, "conv1", None), getattr(block, "downsample", None)
+        down = getattr(block, "downsample", None)
         if not isinstance(block, PreActBasicBlock) or not isinstance(down, nn.Sequential):
             continue
-        leader = getattr(conv1, "input_quantizer", None)
-        follower = getattr(down[0], "input_quantizer", None)
-        if isinstance(leader, LQActQuantizer) and isinstance(follower, LQActQuantizer):
+        leader, follower = _act_quantizer(block.conv1), _act_quantizer(down[0])
+        if leader is not None and follower is not None:
             follower.follow(leader)
 
 
@@ -596,14 +748,6 @@ class LQNets(Method):
     def quantize(
         self, model: nn.Module, data: DataBundle, params: LQNetsParams, ctx: RunContext
     ) -> nn.Module:
-        if params.w_bits == 32:
-            # The quantized-weight contract holds at most 8 bits per weight (qweight.MAX_BITS), so
-            # a float weight cannot sit in a QuantConv2d/QuantLinear that carries the activation
-            # quantizer; activation-only LQ-Nets needs a float-weight slot in the contract.
-            raise InvalidParams(
-                "w_bits=32 (float weights) is not supported yet: choose w_bits in 1, 2, 3, 4",
-                {"w_bits": params.w_bits, "allowed": [1, 2, 3, 4]},
-            )
         ctx.report("prepare", 0.0)
         seed_everything(ctx.seed)
         model.to(ctx.device)
@@ -665,12 +809,22 @@ class LQNets(Method):
             )
             return iq.to(cast(Tensor, layer.weight).device)
 
-        quantize_model(
-            model,
-            weight_quantizer,
-            input_quantizer=input_quantizer,
-            keep_first_last=params.keep_first_last,
-        )
+        if params.w_bits == 32:  # float weights: an input activation site on each chosen layer
+            chosen = select_layers(find_layers(model), keep_first_last=params.keep_first_last)
+            if not chosen:
+                raise NothingQuantized(
+                    "no layer to quantize: the model has too few Conv2d/Linear layers"
+                    + (" and the first and last stay in float" if params.keep_first_last else ""),
+                    {"keep_first_last": params.keep_first_last},
+                )
+            add_activation_sites(model, [n for n, _ in chosen], input_quantizer, where="input")
+        else:
+            quantize_model(
+                model,
+                weight_quantizer,
+                input_quantizer=input_quantizer,
+                keep_first_last=params.keep_first_last,
+            )
         _link_preact_shortcuts(model)
 
     @staticmethod
@@ -684,8 +838,7 @@ class LQNets(Method):
         loader, _ = data.loaders(params.calibration_batch, seed=ctx.seed + 1)
         x, _ = next(iter(loader))
         hooks = []
-        for _, layer in quant_layers(model):
-            iq = layer.input_quantizer
+        for iq in model.modules():  # layers' input quantizers and activation sites alike
             if isinstance(iq, LQActQuantizer) and not iq._leader:
                 hooks.append(iq.register_forward_pre_hook(_fit_hook))
         was_training = model.training

@@ -22,7 +22,7 @@ from quantcore.artifact import ModelSpec, load_artifact, save_artifact
 from quantcore.context import RunContext
 from quantcore.data import DataBundle, load_dataset, subset
 from quantcore.errors import Cancelled, InvalidParams
-from quantcore.layers import InputQuantizer, QuantConv2d, quant_layers
+from quantcore.layers import InputQuantizer, QuantConv2d, activation_sites, quant_layers
 from quantcore.methods import lq_nets as lq
 from quantcore.qweight import CodebookKind, dequantize
 from quantcore.registry import get_method, parse_params
@@ -305,6 +305,36 @@ def test_encode_matches_the_loop_reference_on_random_bases(seed: int, signed: bo
             decoded = (table[code_index[g]] * basis[g]).sum(-1)  # the exported code's value
             levels = lq.sorted_levels(basis[g : g + 1], signed)[0][0]
             np.testing.assert_allclose(decoded.numpy(), levels[idx[g]].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_training_sweep_is_encode_exactly_and_its_statistics_are_the_normal_equations(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training path (``level_sweep``: masks, no per-element index) gives bit-identical
+    values to :func:`encode`, including values exactly on thresholds, one or many rows, one or
+    many column blocks; its per-rank counts and sums give the same BᵀB and Bᵀx."""
+    gen = torch.Generator().manual_seed(300 + seed)
+    k, signed, legacy = 1 + seed % 4, seed % 2 == 0, seed % 3 != 0
+    g = 1 if seed < 4 else 5
+    monkeypatch.setattr(lq, "SWEEP_BLOCK", 2**k * g * 7)  # several blocks of 7 columns
+    basis = torch.randn(g, k, generator=gen)  # (G, K), mixed signs
+    levels, _, thresholds = lq.sorted_levels(basis, signed)
+    x = torch.cat([torch.randn(g, 45, generator=gen), thresholds, levels], dim=1)  # (G, n)
+    x = x[:, torch.randperm(x.shape[1], generator=gen)]
+    y, idx, _, qem_codes = lq.encode(x, basis, signed, legacy)
+    values = lq.rank_values(levels, signed, legacy)
+    y_sweep, counts, sums = lq.level_sweep(x, values, thresholds)
+    assert torch.equal(y_sweep, y)
+    assert torch.equal(lq.level_sweep(x, values, thresholds, statistics=False)[0], y)
+    assert counts is not None
+    assert sums is not None
+    ranks = torch.arange(2**k).view(1, -1, 1)  # (1, L, 1)
+    assert torch.equal(counts, (idx.unsqueeze(1) == ranks).sum(-1).float())
+    btb, btx = lq.normal_equations_from_levels(counts, sums, qem_codes)
+    ref_btb, ref_btx = lq.normal_equations(x, idx, qem_codes)
+    assert torch.equal(btb, ref_btb)
+    torch.testing.assert_close(btx, ref_btx, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -627,11 +657,145 @@ def test_preact_resnet18_placement_and_shared_stage_quantizers() -> None:
             assert torch.equal(lead.basis, follow.basis)
 
 
-def test_w32_is_refused_with_a_message() -> None:
-    params = parse_params("lq_nets", {"w_bits": 32})
+def test_w32_a32_is_refused_when_the_params_are_parsed() -> None:
+    """Every W x A of the grid is accepted except W32/A32, which would quantize nothing: the
+    params are refused up front (a 4xx at submission, not a failed job)."""
+    for w, a in itertools.product((1, 2, 3, 4, 32), (2, 3, 4, 32)):
+        if (w, a) != (32, 32):
+            parse_params("lq_nets", {"w_bits": w, "a_bits": a})
+    with pytest.raises(InvalidParams, match="quantizes nothing"):
+        parse_params("lq_nets", {"w_bits": 32, "a_bits": 32})
+
+
+GRID = [(w, a) for w in (1, 2, 3, 4, 32) for a in (2, 3, 4, 32) if (w, a) != (32, 32)]
+
+
+@pytest.mark.parametrize(("w_bits", "a_bits"), GRID)
+def test_every_grid_combination_trains_and_evaluates_on_its_grid(w_bits: int, a_bits: int) -> None:
+    """Each accepted W x A: a training step moves every basis by QEM and gives gradients; in eval
+    the quantized weights and activations take 2^K values at most."""
+    torch.manual_seed(w_bits * 10 + a_bits)
     model = zoo.build("lenet5", num_classes=10, in_channels=1)
-    with pytest.raises(InvalidParams, match="w_bits=32"):
-        get_method("lq_nets").quantize(model, None, params, RunContext())  # type: ignore[arg-type]
+    params = parse_params("lq_nets", {"w_bits": w_bits, "a_bits": a_bits})
+    lq.LQNets._insert_quantizers(model, params)
+    quantizers = [
+        m for m in model.modules() if isinstance(m, lq.LQWeightQuantizer | lq.LQActQuantizer)
+    ]
+    assert sum(isinstance(q, lq.LQWeightQuantizer) for q in quantizers) == (w_bits < 32) * 2
+    assert sum(isinstance(q, lq.LQActQuantizer) for q in quantizers) == (a_bits < 32) * 2
+    x = torch.rand(8, 1, 28, 28) * 2
+    model.train()
+    model(x).square().mean().backward()
+    assert all(int(q.steps) == 1 for q in quantizers)
+    seen: list[torch.Tensor] = []
+    for q in quantizers:
+        if isinstance(q, lq.LQActQuantizer):
+            q.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for out in seen:
+        assert out.unique().numel() <= 2**a_bits
+    for _, layer in quant_layers(model):
+        rows = layer.quantized_weight().reshape(layer.weight.shape[0], -1)
+        assert max(r.unique().numel() for r in rows) <= 2**w_bits
+
+
+def test_w32_placement_float_weights_with_input_activation_sites() -> None:
+    """W32/A: the weights stay float; each layer that would be quantized gets an input site
+    with an LQ-Nets activation quantizer (§6); in the pre-activation ResNet the projection
+    shortcuts follow their block's conv1 quantizer (§6.2) as with quantized weights."""
+    model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    lq.LQNets._insert_quantizers(model, parse_params("lq_nets", {"w_bits": 32, "a_bits": 3}))
+    assert not quant_layers(model)
+    sites = dict(activation_sites(model))
+    assert sorted(sites) == ["classifier.0", "features.3"]
+    for site in sites.values():
+        assert site.where == "input"
+        assert isinstance(site.inner, nn.Conv2d | nn.Linear)
+        assert isinstance(site.quantizer, lq.LQActQuantizer)
+        assert site.quantizer.bits == 3
+    resnet = zoo.build("preact_resnet18", num_classes=10)
+    lq.LQNets._insert_quantizers(resnet, parse_params("lq_nets", {"w_bits": 32, "a_bits": 2}))
+    quantizers = [s.quantizer for _, s in activation_sites(resnet)]
+    assert len(quantizers) == 19
+    assert sum(1 for q in quantizers if not q._leader) == 16
+    for stage in ("layer2", "layer3", "layer4"):
+        lead = resnet.get_submodule(f"{stage}.0.conv1").quantizer
+        follower = resnet.get_submodule(f"{stage}.0.downsample.0").quantizer
+        assert follower._leader == (lead,)
+
+
+def test_w32_a2_digits_trains_exports_and_reloads_identically(
+    digits: DataBundle, tmp_path: Path
+) -> None:
+    """End to end at W32/A2: float weights train, activation bases move by QEM, the .qpack holds
+    no quantized weight, and the reloaded model gives the same logits with its activations on
+    the 2-bit grid of the stored bases."""
+    torch.manual_seed(0)
+    model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    params = parse_params("lq_nets", {**FAST, "w_bits": 32, "a_bits": 2, "basis_init": "qem"})
+    small = DataBundle(**{**vars(digits), "train": subset(digits.train, 0.3, seed=0)})
+    before = {
+        n: m.weight.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight")
+    }
+    quantized = get_method("lq_nets").quantize(model, small, params, RunContext())
+    assert not quantized.training
+    sites = activation_sites(quantized)
+    assert [n for n, _ in sites] == ["features.3", "classifier.0"]
+    for name, site in sites:
+        assert not torch.equal(site.inner.weight.detach(), before[name]), "weights trained"
+        assert int(site.quantizer.steps) > 0
+        assert not torch.equal(site.quantizer.basis, lq.initial_act_basis(2))
+    x = torch.stack([digits.val[i][0] for i in range(16)])
+    path = tmp_path / "w32a2.qpack"
+    manifest = save_artifact(
+        quantized,
+        path,
+        spec=ModelSpec("lenet5", 10, 1, (28, 28)),
+        method="lq_nets",
+        params=params.model_dump(),
+    )
+    assert manifest["layers"] == []
+    assert [s["kind"] for s in manifest["activation_sites"]] == ["lq_nets_act"] * 2
+    loaded = load_artifact(path)
+    seen: dict[str, torch.Tensor] = {}
+    for name, site in activation_sites(loaded):
+        site.quantizer.register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, out.detach())
+        )
+    with torch.no_grad():
+        assert torch.equal(loaded(x), quantized(x))
+    for name, site in activation_sites(loaded):
+        levels = lq.sorted_levels(site.quantizer.basis.view(1, -1), False)[0][0]  # (4,)
+        levels[0] = 0.0  # the official lowest activation value (§2.2 step 4)
+        gap = (seen[name].reshape(-1, 1) - levels).abs().amin(-1)
+        assert float(gap.max()) == 0.0
+
+
+def test_w2a2_lenet5_exports_to_onnx_and_onnxruntime_agrees(tmp_path: Path) -> None:
+    """The eval forward of the activation quantizer has no sort (levels ranked by comparisons):
+    ``export_onnx`` writes the W2A2 model and onnxruntime computes its logits."""
+    ort = pytest.importorskip("onnxruntime")
+    from quantcore.export import export_onnx
+
+    torch.manual_seed(0)
+    model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    lq.LQNets._insert_quantizers(model, parse_params("lq_nets", {"w_bits": 2, "a_bits": 2}))
+    model.train()
+    for _ in range(3):  # QEM moves the bases off their initial values
+        model(torch.rand(16, 1, 28, 28) * 3)
+    model.eval()
+    path = tmp_path / "lq.onnx"
+    export_onnx(model, path, input_shape=(1, 28, 28))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 28, 28, generator=gen) * 2
+        (logits,) = session.run(["logits"], {"input": x.numpy()})
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
