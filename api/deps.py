@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api import auth
 from api.errors import ApiError, not_found
 from api.models import User
+from api.schemas import MAX_ID
 from api.settings import Settings
 from api.storage import LocalBlobStore
 
@@ -114,4 +115,4 @@ def owned(session: Session, cls: type[T], ident: int, user: User, kind: str) -> 
     return row
 
 
-Id = Annotated[int, Path(ge=1, le=2**62, description="A row id.")]
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A row id.")]

@@ -1,6 +1,7 @@
 """One error shape for every error: ``{"error": {"code", "message", "details"}}``.
 
 quantcore's domain errors map to HTTP statuses in one table; validation errors name the field.
+The OpenAPI document declares that shape for every operation's 4xx and 503 responses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.storage import StorageFull
 from quantcore.errors import QuantcoreError
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,36 @@ def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+def _declare_errors(schema: dict[str, Any]) -> None:
+    """Declare the one error body on every operation: as ``4XX`` and ``503``, and as ``422`` in
+    place of FastAPI's own validation error schema, which describes a body this API never sends."""
+    from api.schemas import ErrorBody  # the OpenAPI document is built on first use only
+
+    body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(body.pop("$defs", {}))
+    components["ErrorBody"] = body
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            responses["422"] = {"description": "Invalid request", "content": content}
+            responses.setdefault("4XX", {"description": "Refused", "content": content})
+            responses.setdefault("503", {"description": "Busy; retry", "content": content})
+
+
 def install(app: FastAPI) -> None:
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _declare_errors(build_openapi())  # FastAPI caches what it builds in openapi_schema
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
@@ -88,6 +119,14 @@ def install(app: FastAPI) -> None:
             _body("busy", "the server is busy; retry in a moment"),
             status_code=503,
             headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(StorageFull)
+    async def _full(_req: Request, exc: StorageFull) -> JSONResponse:
+        log.error("blob store full: %s", exc.root)
+        return JSONResponse(
+            _body("storage_full", "the server has no disk space left for this; nothing was kept"),
+            status_code=507,
         )
 
     @app.exception_handler(Exception)

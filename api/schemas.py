@@ -14,6 +14,11 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+# Row ids are PostgreSQL INTEGER keys: a larger id in a query overflows there (a 500, not a 404).
+MAX_ID = 2**31 - 1
+# Names and labels: no control characters. PostgreSQL refuses NUL in text (a 500 otherwise), and
+# a newline or ESC in a name shown in a log line or a terminal is never what the user meant.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 
 
 class ErrorDetail(BaseModel):
@@ -89,13 +94,19 @@ class ModelsPublic(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_id: int = Field(ge=1, le=2**62, description="An uploaded model's id.")
-    method: str = Field(min_length=1, max_length=64, description="A method name from /methods.")
+    model_id: int = Field(ge=1, le=MAX_ID, description="An uploaded model's id.")
+    method: str = Field(
+        min_length=1, max_length=64, pattern=NO_CONTROL, description="A method name from /methods."
+    )
     dataset: str | None = Field(
-        None, min_length=1, max_length=64, description="A built-in dataset name from /datasets."
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=NO_CONTROL,
+        description="A built-in dataset name from /datasets.",
     )
     dataset_id: int | None = Field(
-        None, ge=1, le=2**62, description="An uploaded dataset's id (instead of `dataset`)."
+        None, ge=1, le=MAX_ID, description="An uploaded dataset's id (instead of `dataset`)."
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="The method's params (see its JSON schema)."
@@ -176,7 +187,7 @@ class JobEventPublic(_Out):
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=100)
+    username: str = Field(min_length=1, max_length=100, pattern=NO_CONTROL)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -190,7 +201,9 @@ class UserPublic(_Out):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="Letters, digits, . _ @ -")
+    name: str = Field(
+        min_length=1, max_length=100, pattern=NO_CONTROL, description="Letters, digits, . _ @ -"
+    )
     password: str = Field(min_length=8, max_length=1024)
     is_admin: bool = False
 
@@ -198,7 +211,12 @@ class UserCreate(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="What the token is for, e.g. 'ci'.")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=NO_CONTROL,
+        description="What the token is for, e.g. 'ci'.",
+    )
 
 
 class TokenPublic(_Out):

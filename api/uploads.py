@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from api.storage import CHUNK, LocalBlobStore, StoredBlob, TooLarge
 
 T = TypeVar("T")
 MULTIPART_OVERHEAD = 65536  # form fields and boundaries around the file
+MAX_DISPLAY_NAME = 200
 
 
 def _too_large(limit: int) -> ApiError:
@@ -57,6 +59,17 @@ async def validate_or_discard(
 
 
 def display_name(filename: str | None, default: str) -> str:
-    """A user's filename made safe to show and store: no NUL, no path, at most 200 chars."""
-    name = (filename or "").replace("\0", "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    return name[-200:] or default
+    """A user's filename made safe to show and store; it is a label, never used as a path.
+
+    Such names are cleaned rather than refused: browsers and tools send whatever the file is
+    called locally (``C:\\Users\\me\\net.pt``), so refusing would only punish the user. Kept:
+    the last path component (``/`` and ``\\`` both separate), without control or format
+    characters (NUL, newlines, ESC, bidi overrides: Unicode category C), at most
+    ``MAX_DISPLAY_NAME`` characters from the end (the extension survives). A name of dots only
+    (``..``) or nothing left becomes ``default``.
+    """
+    last = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in last if unicodedata.category(ch)[0] != "C").strip()
+    if not name.strip("."):
+        return default
+    return name[-MAX_DISPLAY_NAME:]

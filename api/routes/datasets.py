@@ -31,7 +31,7 @@ from api.archives import (
 from api.deps import CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Dataset, Job, JobStatus
-from api.schemas import DatasetPublic
+from api.schemas import NO_CONTROL, DatasetPublic
 from api.settings import Settings
 from api.storage import LocalBlobStore
 from api.uploads import display_name, store_upload, validate_or_discard
@@ -203,7 +203,7 @@ async def upload_dataset(
             "of train/<class>/<image> and val/<class>/<image> (.png, .jpg, .jpeg, .bmp)"
         ),
     ],
-    name: Annotated[str | None, Form(max_length=255)] = None,
+    name: Annotated[str | None, Form(max_length=255, pattern=NO_CONTROL)] = None,
     kind: Annotated[
         Kind | None,
         Form(description="npz or imagefolder; by default read from the file's first bytes"),

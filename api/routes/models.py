@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from api.deps import CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Job, JobStatus, Model
-from api.schemas import ModelPublic, ModelsPublic
+from api.schemas import NO_CONTROL, ModelPublic, ModelsPublic
 from api.uploads import display_name, store_upload, validate_or_discard
 from quantcore import InvalidParams, list_architectures
 
@@ -56,12 +56,12 @@ async def upload_model(
     storage: StorageDep,
     user: CurrentUser,
     file: Annotated[UploadFile, File(description="safetensors or torch state dict")],
-    arch: Annotated[str, Form(max_length=64, description="architecture name")],
+    arch: Annotated[str, Form(max_length=64, pattern=NO_CONTROL, description="architecture name")],
     num_classes: Annotated[int, Form(ge=2, le=100_000)],
     in_channels: Annotated[int | None, Form(ge=1, le=64)] = None,
     input_height: Annotated[int | None, Form(ge=1, le=4096)] = None,
     input_width: Annotated[int | None, Form(ge=1, le=4096)] = None,
-    name: Annotated[str | None, Form(max_length=255)] = None,
+    name: Annotated[str | None, Form(max_length=255, pattern=NO_CONTROL)] = None,
 ) -> Model:
     info = {a.name: a for a in list_architectures()}.get(arch)
     if info is None:
