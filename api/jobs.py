@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, update
+from sqlalchemy import CursorResult, delete, or_, update
 from sqlalchemy.orm import Session
 
 from api.models import Job, JobStatus, utcnow
@@ -78,6 +78,14 @@ def finish(session: Session, job_id: int, status: JobStatus, **values: Any) -> b
         finished_at=utcnow(),
         **values,
     )
+
+
+def withdraw(session: Session, job_id: int) -> bool:
+    """Delete a job that was never sent to the workers (its enqueue failed); False when a worker
+    has claimed it meanwhile (the message went out after all), which then keeps the job."""
+    stmt = delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == 0)
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def request_cancel(session: Session, job_id: int) -> JobStatus | None:

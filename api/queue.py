@@ -9,11 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from api.settings import Settings
 
 RUN_JOB = "jobs.run"
 QUEUE = "jobs"
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not take the message (it is down or unreachable)."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -57,5 +62,12 @@ def make_celery(settings: Settings, name: str = "quant") -> Celery:
 
 
 def enqueue(app: Celery, job_id: int) -> str:
-    """Send the job id to the workers; returns the task id (for revoking a queued job)."""
-    return app.send_task(RUN_JOB, args=[job_id], queue=QUEUE, task_id=f"job-{job_id}").id
+    """Send the job id to the workers; returns the task id (for revoking a queued job).
+
+    Raises :class:`BrokerUnavailable` when the broker cannot be reached (after Celery's own
+    short publish retries).
+    """
+    try:
+        return app.send_task(RUN_JOB, args=[job_id], queue=QUEUE, task_id=f"job-{job_id}").id
+    except OperationalError as exc:
+        raise BrokerUnavailable(str(exc)) from exc

@@ -3,6 +3,11 @@
 Every state change is a conditional update (``api.jobs``): a duplicate or redelivered message for
 a finished job claims nothing and returns; a redelivered message for a job whose worker died
 takes it over once its heartbeat is stale, and the method resumes from the job's checkpoints.
+
+Faults: while the database is unreachable the job goes on (progress waits in memory, heartbeats
+are skipped) and its end state is written once the database answers again (retried for up to
+:data:`DB_RETRY_S`). A blob store without space fails the job with ``storage_full`` and leaves
+no artifact behind, neither a row nor a file.
 """
 
 from __future__ import annotations
@@ -14,21 +19,23 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from safetensors.torch import save_file
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import jobs as transitions
 from api.db import session_scope
 from api.models import Artifact, Dataset, Job, JobStatus, Model, Result
 from api.settings import Settings
-from api.storage import LocalBlobStore
+from api.storage import LocalBlobStore, StorageFull, StoredBlob
 from quantcore import (
     Cancelled,
     DataBundle,
@@ -50,9 +57,15 @@ from quantcore import (
 from quantcore.artifact import dequantized_state_dict
 from quantcore.export import export_onnx
 from worker.devices import peak_memory_bytes, reset_peak
-from worker.progress import ProgressWriter
+from worker.progress import DB_DOWN, ProgressWriter
 
 log = get_task_logger(__name__)
+T = TypeVar("T")
+
+# How long a finished job waits for an unreachable database to record its end state; past it
+# the task gives up and its message is retried (the job is then taken over and run again).
+DB_RETRY_S = 600.0
+DB_RETRY_MAX_DELAY_S = 5.0
 
 # The artifact is reloaded and evaluated on every job; its accuracy may differ from the
 # in-memory model's only by float noise in the logits (a tie flipping an argmax).
@@ -146,6 +159,7 @@ def run_job(
         return _succeed(
             factory,
             storage,
+            writer,
             job_id,
             result,
             files,
@@ -153,15 +167,28 @@ def run_job(
             peak=peak_memory_bytes(device),
         )
     except Cancelled:
-        with session_scope(factory) as s:
-            transitions.finish(
-                s,
-                job_id,
-                JobStatus.CANCELLED,
-                stage="cancelled",
-                wall_time_s=time.monotonic() - started,
-            )
+        wall = time.monotonic() - started
+
+        def cancelled() -> None:
+            with session_scope(factory) as s:
+                transitions.finish(
+                    s, job_id, JobStatus.CANCELLED, stage="cancelled", wall_time_s=wall
+                )
+
+        _with_db(cancelled, job_id, "the cancellation")
         return JobStatus.CANCELLED
+    except StorageFull:
+        log.error("job %s: the blob store is full; the job fails", job_id)
+        return _fail(
+            factory,
+            job_id,
+            "storage_full",
+            "the job ran to the end but its artifacts could not be stored: the server's "
+            "blob storage is out of disk space. Nothing partial was kept; submit the job "
+            "again once space has been freed (ask the operator).",
+            traceback.format_exc(),
+            started,
+        )
     except SoftTimeLimitExceeded:
         limit = settings.job_time_limit_s
         return _fail(
@@ -175,6 +202,8 @@ def run_job(
     except QuantcoreError as exc:
         log.info("job %s failed: %s", job_id, exc.message)
         return _fail(factory, job_id, exc.code, exc.message, traceback.format_exc(), started)
+    except DB_DOWN:  # still unreachable after DB_RETRY_S: the task retries the message
+        raise
     except Exception as exc:
         log.exception("job %s crashed", job_id)
         return _fail(
@@ -197,18 +226,23 @@ class _Heartbeat(threading.Thread):
     def __init__(self, factory: sessionmaker[Session], job_id: int, every: float) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.factory, self.job_id, self.every = factory, job_id, every
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not _stop: Thread has one
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        failing = False
+        while not self._stopping.wait(self.every):
             try:
                 with session_scope(self.factory) as s:
                     transitions.heartbeat(s, self.job_id)
             except Exception:  # a lost connection must not kill the job; the next beat retries
-                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+                if not failing:  # once per outage, not every beat
+                    log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+                failing = True
+            else:
+                failing = False
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=10)
 
 
@@ -339,6 +373,7 @@ _MEDIA = {
 def _succeed(
     factory: sessionmaker[Session],
     storage: LocalBlobStore,
+    writer: ProgressWriter,
     job_id: int,
     result: dict[str, Any],
     files: dict[str, Path],
@@ -346,10 +381,39 @@ def _succeed(
     wall: float,
     peak: int,
 ) -> JobStatus | None:
-    blobs = {
-        kind: storage.save_file(path, prefix="artifacts", suffix=path.suffix)
-        for kind, path in files.items()
-    }
+    """Store the artifacts (all or none: a full disk raises :class:`StorageFull` with nothing
+    kept), then record them, the result, the end state and any progress events the database
+    missed in one transaction."""
+    blobs: dict[str, StoredBlob] = {}
+    try:
+        for kind, path in files.items():
+            blobs[kind] = storage.save_file(path, prefix="artifacts", suffix=path.suffix)
+    except BaseException:
+        for blob in blobs.values():
+            storage.delete(blob.key)
+        raise
+    status = _with_db(
+        lambda: _record_success(
+            factory, storage, writer, job_id, result, blobs, wall=wall, peak=peak
+        ),
+        job_id,
+        "the result",
+    )
+    writer.written()
+    return status
+
+
+def _record_success(
+    factory: sessionmaker[Session],
+    storage: LocalBlobStore,
+    writer: ProgressWriter,
+    job_id: int,
+    result: dict[str, Any],
+    blobs: dict[str, StoredBlob],
+    *,
+    wall: float,
+    peak: int,
+) -> JobStatus | None:
     with session_scope(factory) as s:
         if not transitions.finish(
             s,
@@ -361,10 +425,15 @@ def _succeed(
             peak_memory_bytes=peak,
         ):
             s.rollback()
+            # An earlier try may have committed before its connection dropped: keep what the
+            # job's rows point at, delete the rest.
+            kept = set(s.scalars(select(Artifact.blob_key).where(Artifact.job_id == job_id)))
             for blob in blobs.values():
-                storage.delete(blob.key)
+                if blob.key not in kept:
+                    storage.delete(blob.key)
             job = s.get(Job, job_id)
             return None if job is None else JobStatus(job.status)
+        writer.add_pending(s)
         s.add(Result(job_id=job_id, **result))
         for kind, blob in blobs.items():
             filename, media = _MEDIA[kind]
@@ -385,15 +454,40 @@ def _succeed(
 def _fail(
     factory: sessionmaker[Session], job_id: int, code: str, message: str, tb: str, started: float
 ) -> JobStatus:
-    with session_scope(factory) as s:
-        transitions.finish(
-            s,
-            job_id,
-            JobStatus.FAILED,
-            stage="failed",
-            error_code=code,
-            error_message=message[:4000],
-            error_traceback=tb[-20000:],
-            wall_time_s=time.monotonic() - started,
-        )
+    wall = time.monotonic() - started
+
+    def failed() -> None:
+        with session_scope(factory) as s:
+            transitions.finish(
+                s,
+                job_id,
+                JobStatus.FAILED,
+                stage="failed",
+                error_code=code,
+                error_message=message[:4000],
+                error_traceback=tb[-20000:],
+                wall_time_s=wall,
+            )
+
+    _with_db(failed, job_id, "the failure")
     return JobStatus.FAILED
+
+
+def _with_db(write: Callable[[], T], job_id: int, what: str) -> T:
+    """``write()``, tried again while the database is unreachable, for up to DB_RETRY_S."""
+    deadline, delay = time.monotonic() + DB_RETRY_S, 0.5
+    while True:
+        try:
+            return write()
+        except DB_DOWN:
+            if time.monotonic() + delay > deadline:
+                log.error("job %s: database unreachable for %.0f s; giving up", job_id, DB_RETRY_S)
+                raise
+            log.warning(
+                "job %s: database unreachable while recording %s; trying again in %.1f s",
+                job_id,
+                what,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX_DELAY_S)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from celery import Task
+from celery.utils.log import get_task_logger
 
 from api.observability import job_context
 from api.queue import RUN_JOB
 from worker.celery_app import app, state
+from worker.progress import DB_DOWN
 from worker.runner import JobBusy, run_job
+
+log = get_task_logger(__name__)
 
 
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -23,5 +27,8 @@ def run_job_task(self: Task, job_id: int) -> str | None:
                 device=s.device,
             )
     except JobBusy as exc:  # a redelivered message while the lease is fresh: come back later
+        raise self.retry(exc=exc, countdown=s.settings.job_lease_s) from None
+    except DB_DOWN as exc:  # no database to claim the job or record its end: try again later
+        log.warning("job %s: database unreachable; the message is retried", job_id)
         raise self.retry(exc=exc, countdown=s.settings.job_lease_s) from None
     return None if status is None else str(status)

@@ -16,15 +16,28 @@ from api import jobs as transitions
 from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Dataset, Job, JobEvent, JobStatus, Model
-from api.queue import enqueue
-from api.schemas import JobCreate, JobEventPublic, JobPublic, JobsPublic, ResultPublic
+from api.queue import BrokerUnavailable, enqueue
+from api.schemas import (
+    MAX_ID,
+    NO_CONTROL,
+    JobCreate,
+    JobEventPublic,
+    JobPublic,
+    JobsPublic,
+    ResultPublic,
+)
 from quantcore import list_datasets
 from quantcore.registry import parse_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={503: {"description": "the job queue is unreachable; nothing was stored"}},
+)
 def create_job(
     body: JobCreate, request: Request, session: SessionDep, user: CurrentUser, celery: CeleryDep
 ) -> Job:
@@ -69,7 +82,22 @@ def create_job(
     )
     session.add(job)
     session.commit()  # enqueue only after the row is visible to the workers
-    enqueue(celery, job.id)
+    try:
+        enqueue(celery, job.id)
+    except BaseException as exc:
+        # A row without a message would stay queued forever: take it back (unless a worker got
+        # the message after all and claimed it), so the client's retry is the only copy.
+        withdrawn = transitions.withdraw(session, job.id)
+        session.commit()
+        if withdrawn and isinstance(exc, BrokerUnavailable):
+            raise ApiError(
+                503,
+                "broker_unavailable",
+                "the job queue is unreachable, so the job was not created; retry in a moment",
+                headers={"Retry-After": "5"},
+            ) from None
+        if withdrawn:
+            raise
     session.refresh(job)
     return job
 
@@ -79,8 +107,8 @@ def list_jobs(
     session: SessionDep,
     user: CurrentUser,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-    method: Annotated[str | None, Query(max_length=64)] = None,
-    model_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    method: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL)] = None,
+    model_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> JobsPublic:
@@ -144,14 +172,15 @@ async def job_events(
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> StreamingResponse:
     """Server-Sent Events: one ``progress`` event per stored job event, then ``end``."""
     await run_in_threadpool(owned, session, Job, job_id, user, "job")
     await run_in_threadpool(session.close)
     factory = request.app.state.sessionmaker
     resume_from = request.headers.get("last-event-id", "")
-    last_id = int(resume_from) if resume_from.isdigit() else after
+    valid = resume_from.isascii() and resume_from.isdigit() and int(resume_from) <= MAX_ID
+    last_id = int(resume_from) if valid else after  # a malformed header is ignored
 
     def poll(after_id: int) -> tuple[list[JobEvent], str | None]:
         with factory() as s:
