@@ -219,6 +219,11 @@ class Result(Base):
     compression_ratio: Mapped[float] = mapped_column(Float)
     average_bits: Mapped[float] = mapped_column(Float)
     layers: Mapped[list[Any]] = mapped_column(default=list)
+    # What produced it (quantcore.provenance.manifest) and how fast the float model and the
+    # artifact ran (quantcore.inference.compare_speed); why no ONNX file, when there is none.
+    provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    inference: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    onnx_status: Mapped[str] = mapped_column(Text, default="written")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="result")

@@ -142,6 +142,15 @@ class ResultPublic(_Out):
     compression_ratio: float
     average_bits: float
     layers: list[dict[str, Any]]
+    provenance: dict[str, Any] = Field(
+        description="What produced the result: method, params, seed, code version, torch/CUDA "
+        "versions, device, the float model's and the dataset's sha256."
+    )
+    inference: dict[str, Any] = Field(
+        description="Median batch latency (ms) and throughput of the float model and of the "
+        "artifact as load_artifact runs it (dequantized weights), same device and batch."
+    )
+    onnx_status: str = Field(description="'written', or why no ONNX file was exported.")
 
 
 class JobPublic(_Out):

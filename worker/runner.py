@@ -51,11 +51,13 @@ from quantcore import (
     load_dataset,
     load_model,
     parse_params,
+    provenance,
     save_artifact,
     size_report,
 )
 from quantcore.artifact import dequantized_state_dict
 from quantcore.export import export_onnx
+from quantcore.inference import NOTE, compare_speed
 from worker.devices import peak_memory_bytes, reset_peak
 from worker.progress import DB_DOWN, ProgressWriter
 
@@ -71,6 +73,10 @@ DB_RETRY_MAX_DELAY_S = 5.0
 # in-memory model's only by float noise in the logits (a tie flipping an argmax).
 ROUND_TRIP_TOLERANCE_PTS = 0.05
 
+# The float model and the artifact are timed side by side on the job's device and batch size.
+INFERENCE_ROUNDS = 10
+INFERENCE_NOTE = NOTE
+
 
 @dataclass(frozen=True)
 class _JobSpec:
@@ -85,6 +91,8 @@ class _JobSpec:
     dataset_id: int | None  # an upload (.npz or image folder), else ``dataset`` is a built-in
     dataset_path: Path | None  # None for an upload deleted meanwhile
     dataset_kind: str | None  # the upload's loader: "npz" or "imagefolder"
+    dataset_sha256: str | None  # the upload's sha256 (its identity in the provenance)
+    model_sha256: str
 
 
 class JobBusy(Exception):
@@ -137,6 +145,7 @@ def run_job(
             ),
             job.dataset_id,
             *_dataset_source(s, storage, job.dataset_id),
+            model.sha256,
         )
         transitions.heartbeat(s, job_id, device=str(device))
     log.info("job %s: claimed, running %s on %s", job_id, spec.method, device)
@@ -253,12 +262,25 @@ def _scratch(settings: Settings) -> Path:
 
 def _dataset_source(
     s: Session, storage: LocalBlobStore, dataset_id: int | None
-) -> tuple[Path | None, str | None]:
-    """An upload's blob (a file for .npz, a folder for an image archive) and its loader."""
+) -> tuple[Path | None, str | None, str | None]:
+    """An upload's blob (a file for .npz, a folder for an image archive), loader and sha256."""
     if dataset_id is None:
-        return None, None
+        return None, None, None
     row = s.get(Dataset, dataset_id)
-    return (None, None) if row is None else (storage.path(row.blob_key), row.kind)
+    if row is None:
+        return None, None, None
+    return storage.path(row.blob_key), row.kind, row.sha256
+
+
+def _dataset_identity(spec: _JobSpec) -> dict[str, Any]:
+    """An upload is its sha256 (recorded at upload); a built-in is hashed from its files."""
+    if spec.dataset_id is not None:
+        return {
+            "name": spec.dataset_kind,
+            "upload_id": spec.dataset_id,
+            "sha256": spec.dataset_sha256,
+        }
+    return provenance.dataset_identity(spec.dataset)
 
 
 def _load_data(spec: _JobSpec) -> DataBundle:
@@ -309,6 +331,15 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         "onnx": out / "model.onnx",
         "report": out / "report.json",
     }
+    run = provenance.manifest(
+        method=spec.method,
+        params=params.model_dump(mode="json"),
+        seed=spec.seed,
+        device=ctx.device,
+        model_sha256=spec.model_sha256,
+        dataset=_dataset_identity(spec),
+        extra=[("batch_size", spec.batch_size)],
+    )
     save_artifact(
         quantized,
         files["qpack"],
@@ -316,10 +347,10 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         method=spec.method,
         params=params.model_dump(mode="json"),
         metrics={"float_top1": before.top1, "top1": after.top1},
+        provenance=run,
     )
-    reloaded = evaluate(
-        load_artifact(files["qpack"], ctx.device), val, ctx, stage="evaluate artifact"
-    )
+    artifact_model = load_artifact(files["qpack"], ctx.device)
+    reloaded = evaluate(artifact_model, val, ctx, stage="evaluate artifact")
     if abs(reloaded.top1 - after.top1) > ROUND_TRIP_TOLERANCE_PTS:
         raise InvalidArtifact(
             f"the written artifact scores {reloaded.top1:.2f}% top-1 but the quantized model "
@@ -335,6 +366,20 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         onnx_status = f"not exported: {exc.message}"
         del files["onnx"]
         log.warning("job %s: %s", spec.id, onnx_status)
+    ctx.report("measure inference", 0.0)
+    float_model = load_model(
+        spec.model_path,
+        spec.spec.arch,
+        num_classes=spec.spec.num_classes,
+        in_channels=spec.spec.in_channels,
+    )
+    speeds = compare_speed(
+        {"float": float_model, "artifact": artifact_model},
+        (spec.spec.in_channels, *spec.spec.input_size),
+        batch_size=spec.batch_size,
+        device=ctx.device,
+        rounds=INFERENCE_ROUNDS,
+    )
     result = {
         "float_top1": before.top1,
         "float_top5": before.top5,
@@ -347,6 +392,13 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         "compression_ratio": sizes.compression_ratio,
         "average_bits": sizes.average_bits,
         "layers": [r.to_json() for r in sizes.layers],
+        "provenance": run,
+        "inference": {
+            **{name: speed.to_json() for name, speed in speeds.items()},
+            "device": str(ctx.device),
+            "note": INFERENCE_NOTE,
+        },
+        "onnx_status": onnx_status,
     }
     report = {
         "job_id": spec.id,
@@ -354,7 +406,6 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         "params": params.model_dump(mode="json"),
         "model": spec.spec.to_json(),
         "dataset": spec.dataset,
-        "onnx": onnx_status,
         **result,
     }
     files["report"].write_text(json.dumps(report, indent=1))

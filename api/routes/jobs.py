@@ -7,10 +7,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+from celery import Celery
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api import jobs as transitions
 from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
@@ -80,8 +82,13 @@ def create_job(
         seed=body.seed,
         status=JobStatus.QUEUED,
     )
+    return _queue(session, celery, job)
+
+
+def _queue(session: Session, celery: Celery, job: Job) -> Job:
+    """Store ``job`` and send it to the workers (after the commit: they must see the row)."""
     session.add(job)
-    session.commit()  # enqueue only after the row is visible to the workers
+    session.commit()
     try:
         enqueue(celery, job.id)
     except BaseException as exc:
@@ -100,6 +107,33 @@ def create_job(
             raise
     session.refresh(job)
     return job
+
+
+@router.post(
+    "/{job_id}/rerun",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={503: {"description": "The job queue is unreachable; nothing was created."}},
+)
+def rerun_job(job_id: Id, session: SessionDep, user: CurrentUser, celery: CeleryDep) -> Job:
+    """Submit a job again: same model, method, params, dataset, batch size and seed. On the same
+    kind of device the new result reproduces the old one (on the CPU exactly)."""
+    old = owned(session, Job, job_id, user, "job")
+    if old.dataset == "upload" and old.dataset_id is None:
+        raise ApiError(409, "conflict", f"job {job_id}'s uploaded dataset has been deleted")
+    params = parse_params(old.method, old.params)  # the method may have changed since
+    job = Job(
+        owner_id=user.id,
+        model_id=old.model_id,
+        method=old.method,
+        params=params.model_dump(mode="json"),
+        dataset=old.dataset,
+        dataset_id=old.dataset_id,
+        batch_size=old.batch_size,
+        seed=old.seed,
+        status=JobStatus.QUEUED,
+    )
+    return _queue(session, celery, job)
 
 
 @router.get("", response_model=JobsPublic)

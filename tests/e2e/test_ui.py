@@ -235,6 +235,28 @@ def test_upload_launch_watch_and_download(
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == qpack["sha256"]
     assert saved.stat().st_size == qpack["size_bytes"]
 
+    # Inference is measured side by side and labelled for what it is; the provenance is shown.
+    speeds = page.get_by_test_id("inference-table")
+    expect(speeds).to_contain_text("float model")
+    expect(speeds).to_contain_text("artifact")
+    expect(page.get_by_text("no speed-up is expected")).to_be_visible()
+    expect(page.get_by_test_id("provenance")).to_contain_text(
+        hashlib.sha256(lenet_weights.read_bytes()).hexdigest()
+    )
+    # Re-run submits the same job again and opens it.
+    page.get_by_role("button", name="Re-run").click()
+    expect(page).not_to_have_url(re.compile(rf"/jobs/{job_id}$"))
+    expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+    rerun = page.request.get(f"/api/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert (rerun["params"], rerun["seed"], rerun["model_id"]) == (
+        job["params"],
+        job["seed"],
+        job["model_id"],
+    )
+    page.request.post(
+        f"/api/v1/jobs/{rerun['id']}/cancel", headers={"X-Requested-With": "quantserve"}
+    )
+
 
 def test_compare_methods_on_one_model(page: Page, shots: Shots, lenet_weights: Path) -> None:
     sign_in(page)

@@ -111,6 +111,67 @@ function Layers({ layers }: { layers: Layer[] }) {
   );
 }
 
+interface Speed {
+  batch_size: number;
+  latency_ms: number;
+  throughput: number;
+}
+
+function Inference({ r }: { r: ResultPublic }) {
+  const speeds = r.inference as Record<string, unknown>;
+  const rows: [string, Speed][] = [];
+  for (const name of ["float", "artifact"]) {
+    const speed = speeds[name];
+    if (speed && typeof speed === "object") rows.push([name, speed as Speed]);
+  }
+  if (!rows.length) return null;
+  return (
+    <Section title="Inference (measured)">
+      <div class="scroll">
+        <table data-testid="inference-table">
+          <thead>
+            <tr>
+              <th scope="col">Model</th>
+              <th scope="col">Batch</th>
+              <th scope="col">Latency per batch</th>
+              <th scope="col">Throughput</th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map(([name, s]) => (
+              <tr key={name}>
+                <td>{name === "float" ? "float model" : "artifact (as load_artifact runs it)"}</td>
+                <td class="num">{s.batch_size}</td>
+                <td class="num">{s.latency_ms.toFixed(2)} ms</td>
+                <td class="num">{s.throughput.toFixed(0)} inputs/s</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      <p class="help">
+        On {String(speeds.device ?? "the job's device")}: {String(speeds.note ?? "")}.
+      </p>
+    </Section>
+  );
+}
+
+function Provenance({ r }: { r: ResultPublic }) {
+  const p = r.provenance as Record<string, unknown>;
+  if (!Object.keys(p).length) return null;
+  return (
+    <Section title="Reproducibility">
+      <p class="help">
+        Everything that produced this result; Re-run submits the same job again (on the CPU the
+        re-run reproduces it exactly). ONNX export: {r.onnx_status}.
+      </p>
+      <pre class="params-json" data-testid="provenance">
+        {JSON.stringify(p, null, 1)}
+      </pre>
+    </Section>
+  );
+}
+
 function Downloads({ job }: { job: JobPublic }) {
   if (!job.artifacts?.length) return null;
   return (
@@ -156,6 +217,18 @@ export function JobPage({ id }: { id: number }) {
     }
   }
 
+  async function rerun() {
+    setActionError(undefined);
+    try {
+      const again = await call(
+        api.POST("/api/v1/jobs/{job_id}/rerun", { params: { path: { job_id: id } } }),
+      );
+      navigate(`/jobs/${again.id}`);
+    } catch (err) {
+      setActionError(err);
+    }
+  }
+
   async function remove() {
     if (!confirm(`Delete job ${id} and its artifacts?`)) return;
     try {
@@ -182,6 +255,11 @@ export function JobPage({ id }: { id: number }) {
           {!finished && (
             <button type="button" class="danger" onClick={cancel} disabled={j.cancel_requested}>
               {j.cancel_requested ? "Cancelling…" : "Cancel job"}
+            </button>
+          )}
+          {finished && (
+            <button type="button" class="secondary" onClick={rerun}>
+              Re-run
             </button>
           )}
           {finished && (
@@ -232,7 +310,9 @@ export function JobPage({ id }: { id: number }) {
         )}
       </Section>
       {j.result && <Layers layers={j.result.layers as unknown as Layer[]} />}
+      {j.result && <Inference r={j.result} />}
       <Downloads job={j} />
+      {j.result && <Provenance r={j.result} />}
       <Section title="Parameters">
         <pre class="params-json">{JSON.stringify(j.params, null, 1)}</pre>
         <p class="help">
