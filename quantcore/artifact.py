@@ -169,6 +169,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         return _manifest(zf, path)
 
 
+def stored_bytes(path: str | Path) -> dict[str, int]:
+    """Bytes each quantized layer's tensors take in the file (codes, codebook and bits table, by
+    layer name), and ``""`` for the float parts; read from the tensor file's header only.
+
+    These are the bytes written, before the zip's DEFLATE, which applies to the tensor file as a
+    whole and cannot be split by layer.
+    """
+    with _open(path) as zf:
+        try:
+            with zf.open(TENSORS) as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 0 < size <= MAX_MANIFEST_BYTES:
+                    raise InvalidArtifact(f"{path}: {TENSORS} has no readable header")
+                header = json.loads(f.read(size))
+        except KeyError:
+            raise InvalidArtifact(f"{path} has no {TENSORS}: not a .qpack or truncated") from None
+        except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError) as exc:
+            raise InvalidArtifact(f"{path}: {TENSORS} is corrupt ({exc})") from None
+    out: dict[str, int] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        owner = key[2:].rsplit("/", 1)[0] if key.startswith("q/") else ""
+        out[owner] = out.get(owner, 0) + int(end) - int(start)
+    return out
+
+
 def _open(path: str | Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)

@@ -55,7 +55,7 @@ from quantcore import (
     save_artifact,
     size_report,
 )
-from quantcore.artifact import dequantized_state_dict
+from quantcore.artifact import dequantized_state_dict, stored_bytes
 from quantcore.export import export_onnx
 from quantcore.inference import NOTE, compare_speed
 from worker.devices import peak_memory_bytes, reset_peak
@@ -366,6 +366,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         onnx_status = f"not exported: {exc.message}"
         del files["onnx"]
         log.warning("job %s: %s", spec.id, onnx_status)
+    written = stored_bytes(files["qpack"])  # per layer, beside the theoretical bytes
     ctx.report("measure inference", 0.0)
     float_model = load_model(
         spec.model_path,
@@ -391,7 +392,7 @@ def _quantize(spec: _JobSpec, ctx: RunContext, out: Path) -> tuple[dict[str, Any
         "file_bytes": files["qpack"].stat().st_size,
         "compression_ratio": sizes.compression_ratio,
         "average_bits": sizes.average_bits,
-        "layers": [r.to_json() for r in sizes.layers],
+        "layers": [{**r.to_json(), "file_bytes": written.get(r.name, 0)} for r in sizes.layers],
         "provenance": run,
         "inference": {
             **{name: speed.to_json() for name, speed in speeds.items()},

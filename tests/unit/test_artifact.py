@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from quantcore import zoo
-from quantcore.artifact import ModelSpec, load_artifact, read_manifest, save_artifact
+from quantcore.artifact import (
+    ModelSpec,
+    load_artifact,
+    read_manifest,
+    save_artifact,
+    stored_bytes,
+)
 from quantcore.data import load_dataset
 from quantcore.errors import InvalidArtifact
 from quantcore.layers import FrozenWeight, InputQuantizer, quant_layers
@@ -253,6 +259,10 @@ def test_tensor_bytes_written_equal_the_theoretical_size(tmp_path: Path, kind: s
         if k != "__metadata__"
     )
     assert written == size_report(model).quantized_bytes
+    per_layer = stored_bytes(path)
+    report = size_report(model)
+    assert per_layer.pop("") == report.float_parts_bytes
+    assert per_layer == {r.name: r.total_bytes for r in report.layers}
 
 
 def test_dequantized_state_dict_loads_into_the_float_architecture() -> None:

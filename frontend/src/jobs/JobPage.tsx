@@ -24,6 +24,7 @@ interface Layer {
   codebook: string;
   rel_error: number | null;
   total_bytes: number;
+  file_bytes?: number;
 }
 
 function Cards({ r }: { r: ResultPublic }) {
@@ -57,7 +58,7 @@ function Cards({ r }: { r: ResultPublic }) {
         </div>
       ))}
       <div class="stat">
-        <h3>Artifact check</h3>
+        <h3>Round-trip check</h3>
         <p>
           reloaded .qpack: <strong>{percent(r.artifact_top1)}</strong>
         </p>
@@ -86,7 +87,8 @@ function Layers({ layers }: { layers: Layer[] }) {
               <th scope="col">Levels</th>
               <th scope="col">Codebook</th>
               <th scope="col">Relative error</th>
-              <th scope="col">Bytes</th>
+              <th scope="col">Bytes (theory)</th>
+              <th scope="col">Bytes in file</th>
             </tr>
           </thead>
           <tbody>
@@ -102,6 +104,7 @@ function Layers({ layers }: { layers: Layer[] }) {
                 <td>{l.codebook}</td>
                 <td class="num">{l.rel_error == null ? "—" : l.rel_error.toFixed(4)}</td>
                 <td class="num">{bytes(l.total_bytes)}</td>
+                <td class="num">{l.file_bytes == null ? "—" : bytes(l.file_bytes)}</td>
               </tr>
             ))}
           </tbody>
