@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+import worker.pipeline
 import worker.runner
 from api.db import make_engine, make_sessionmaker
 from api.storage import LocalBlobStore
@@ -77,7 +78,7 @@ def test_a_corrupted_artifact_fails_its_job(
     try:
         job = _upload_and_submit(production, lenet_weights)
         monkeypatch.setattr(
-            worker.runner, "save_artifact", _corrupting(worker.runner.save_artifact)
+            worker.pipeline, "save_artifact", _corrupting(worker.pipeline.save_artifact)
         )
         settings = production.settings
         engine = make_engine(settings)
