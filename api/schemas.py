@@ -50,6 +50,10 @@ class MethodPublic(_Out):
     paper: str
     summary: str
     params_schema: dict[str, Any]
+    presets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named parameter sets beside the defaults (each sets only what it names).",
+    )
 
 
 class DatasetPublic(_Out):

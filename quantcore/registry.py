@@ -25,6 +25,7 @@ class MethodInfo:
     paper: str
     summary: str
     params_schema: dict[str, Any]
+    presets: dict[str, dict[str, Any]]
 
 
 def register(cls: type[Method]) -> None:
@@ -55,7 +56,9 @@ def get_method(name: str) -> Method:
 def list_methods() -> list[MethodInfo]:
     _load_builtin()
     return [
-        MethodInfo(c.name, c.title, c.paper, c.summary, c.Params.model_json_schema())
+        MethodInfo(
+            c.name, c.title, c.paper, c.summary, c.Params.model_json_schema(), dict(c.presets)
+        )
         for c in sorted(_METHODS.values(), key=lambda c: c.name)
     ]
 

@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -746,6 +746,7 @@ class ALQ(Method):
         "pruning of bases; average bitwidth can go below one bit."
     )
     Params = ALQParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"small data": SMALL_DATA_PRESET}
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: ALQParams, ctx: RunContext

@@ -27,6 +27,9 @@ class Method(ABC):
     paper: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
+    # Named, documented parameter sets beside the paper defaults (e.g. a short schedule for small
+    # data sets); each only sets the fields it names. Shown by the UI as one-click buttons.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -744,6 +744,10 @@ class LQNets(Method):
         "gradients."
     )
     Params = LQNetsParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "small data": SMALL_DATA_PRESET,
+        "CIFAR-10 VGG-Small": CIFAR10_PRESET,
+    }
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: LQNetsParams, ctx: RunContext

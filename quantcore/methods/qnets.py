@@ -731,6 +731,11 @@ class QNets(Method):
         "temperature grows each epoch; inference uses the hard step."
     )
     Params = QNetsParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "AlexNet (paper)": PRESETS["alexnet"],
+        "CIFAR-10 ResNet-20": PRESETS["cifar_resnet20"],
+        "small data": PRESETS["fashion_lenet5"],
+    }
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: QNetsParams, ctx: RunContext

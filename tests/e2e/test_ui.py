@@ -186,6 +186,8 @@ def test_upload_launch_watch_and_download(
     page.get_by_label("Dataset").select_option("builtin:digits")
     page.get_by_label("Method", exact=True).select_option("lq_nets")
     # The form is drawn from the method's schema: fill a short run on `digits`.
+    # The method's own presets come from the server beside the paper presets.
+    expect(page.get_by_role("button", name="small data", exact=True)).to_be_visible()
     page.get_by_role("button", name="LQ-Nets W2A2").click()
     expect(page.locator("#param-lq_nets-w_bits")).to_have_value("2")
     page.locator("#param-lq_nets-epochs").fill("3")

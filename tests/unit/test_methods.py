@@ -113,3 +113,12 @@ def test_method_output_honours_the_contract_and_round_trips(
     save_artifact(quantized, path, spec=spec, method=name, params=params.model_dump())
     loaded = load_artifact(path)
     assert (loaded(x) - quantized(x)).abs().max() <= 1e-5
+
+
+def test_every_preset_is_valid_params_of_its_method() -> None:
+    for info in list_methods():
+        for label, preset in info.presets.items():
+            params = parse_params(info.name, preset)  # raises InvalidParams when a field is off
+            dumped = params.model_dump(mode="json")
+            for field, value in preset.items():
+                assert dumped[field] == value, (info.name, label, field)

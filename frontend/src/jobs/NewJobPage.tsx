@@ -18,7 +18,7 @@ function MethodParams({
   onChange: (d: Draft) => void;
   problems: FieldProblem[];
 }) {
-  const presets = presetsFor(method.name, method.params_schema);
+  const presets = presetsFor(method.name, method.params_schema, method.presets);
   return (
     <fieldset class="method-params" data-method={method.name}>
       <legend>

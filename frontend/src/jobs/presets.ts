@@ -20,7 +20,7 @@ export const PRESETS: Preset[] = [
     method: "alq",
     label: "ALQ 0.7 bits",
     params: { target_bitwidth: 0.7 },
-    note: "Prune bases until the average weight bitwidth is at most 0.7 (ALQ, ICLR 2020).",
+    note: "Prune bases until the average weight bitwidth is at most 0.7 (ALQ, CVPR 2020).",
   },
   {
     method: "l_dnq",
@@ -42,9 +42,19 @@ export const PRESETS: Preset[] = [
   },
 ];
 
-export function presetsFor(method: string, schema: Record<string, unknown>): Preset[] {
+export function presetsFor(
+  method: string,
+  schema: Record<string, unknown>,
+  server: Record<string, Record<string, unknown>> = {},
+): Preset[] {
   const known = (schema["properties"] ?? {}) as Record<string, unknown>;
-  return PRESETS.filter(
+  const fromServer = Object.entries(server).map(([label, params]) => ({
+    method,
+    label,
+    params,
+    note: `The method's "${label}" preset (from the server): sets ${Object.keys(params).join(", ")}.`,
+  }));
+  return [...PRESETS, ...fromServer].filter(
     (p) => p.method === method && Object.keys(p.params).every((k) => k in known),
   );
 }
