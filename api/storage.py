@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,28 @@ TEMP_PREFIX = ".upload-"
 STALE_TEMP_S = 15 * 60  # a temporary file untouched this long belongs to a dead process
 _KEY = re.compile(r"[a-z]+/[0-9a-f]{32}(\.[a-z0-9]+)?")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class BlobStore(Protocol):
+    """What the service needs of blob storage: everything outside this module goes through it.
+
+    :class:`LocalBlobStore` implements it on a directory that the API and every worker host
+    mount at the same path (NFS or similar). An S3-compatible bucket would implement the same
+    five methods, with ``path`` fetching the blob into a local cache for the worker to read.
+    Folder-shaped blobs (unpacked image datasets, ``api.archives``) need a local directory.
+    """
+
+    async def save_stream(
+        self, chunks: AsyncIterator[bytes], *, prefix: str, suffix: str = "", limit: int
+    ) -> StoredBlob: ...
+
+    def save_file(self, source: Path, *, prefix: str, suffix: str = "") -> StoredBlob: ...
+
+    def path(self, key: str) -> Path: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterable[bytes]: ...
 
 
 class LocalBlobStore:

@@ -10,7 +10,7 @@ from fastapi import Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from api.storage import CHUNK, LocalBlobStore, StoredBlob, TooLarge
+from api.storage import CHUNK, BlobStore, StoredBlob, TooLarge
 
 T = TypeVar("T")
 MULTIPART_OVERHEAD = 65536  # form fields and boundaries around the file
@@ -31,7 +31,7 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 async def store_upload(
     request: Request,
     file: UploadFile,
-    storage: LocalBlobStore,
+    storage: BlobStore,
     *,
     limit: int,
     prefix: str,
@@ -48,7 +48,7 @@ async def store_upload(
 
 
 async def validate_or_discard(
-    storage: LocalBlobStore, blob: StoredBlob, check: Callable[..., T], *args: Any
+    storage: BlobStore, blob: StoredBlob, check: Callable[..., T], *args: Any
 ) -> T:
     """Run ``check(path, *args)`` off the event loop; delete the blob if it raises."""
     try:

@@ -17,14 +17,14 @@ from api.db import make_engine, make_sessionmaker
 from api.observability import configure_logging
 from api.queue import make_celery
 from api.settings import Settings
-from api.storage import LocalBlobStore
+from api.storage import BlobStore, LocalBlobStore
 
 
 @dataclass
 class WorkerState:
     settings: Settings
     factory: sessionmaker[Session]
-    storage: LocalBlobStore
+    storage: BlobStore
     device: torch.device
 
 

@@ -32,7 +32,7 @@ from api import jobs as transitions
 from api.db import session_scope
 from api.models import Artifact, Dataset, Job, JobStatus, Model, Result
 from api.settings import Settings
-from api.storage import LocalBlobStore, StorageFull, StoredBlob
+from api.storage import BlobStore, StorageFull, StoredBlob
 from quantcore import (
     Cancelled,
     ModelSpec,
@@ -61,7 +61,7 @@ def run_job(
     *,
     settings: Settings,
     factory: sessionmaker[Session],
-    storage: LocalBlobStore,
+    storage: BlobStore,
     device: torch.device,
 ) -> JobStatus | None:
     """Run job ``job_id`` to an end state and return it.
@@ -218,7 +218,7 @@ def _scratch(settings: Settings) -> Path:
 
 
 def _dataset_source(
-    s: Session, storage: LocalBlobStore, dataset_id: int | None
+    s: Session, storage: BlobStore, dataset_id: int | None
 ) -> tuple[Path | None, str | None, str | None]:
     """An upload's blob (a file for .npz, a folder for an image archive), loader and sha256."""
     if dataset_id is None:
@@ -239,7 +239,7 @@ _MEDIA = {
 
 def _succeed(
     factory: sessionmaker[Session],
-    storage: LocalBlobStore,
+    storage: BlobStore,
     writer: ProgressWriter,
     job_id: int,
     result: dict[str, Any],
@@ -272,7 +272,7 @@ def _succeed(
 
 def _record_success(
     factory: sessionmaker[Session],
-    storage: LocalBlobStore,
+    storage: BlobStore,
     writer: ProgressWriter,
     job_id: int,
     result: dict[str, Any],
