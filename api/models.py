@@ -179,6 +179,12 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An accuracy-target search is a parent job (``target`` set, never sent to a worker) whose
+    # children are ordinary jobs; ``target`` also holds the search's outcome once it has ended.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job.id", ondelete="CASCADE"), index=True
+    )
+    target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[Model] = relationship(lazy="joined")
     result: Mapped[Result | None] = relationship(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -95,6 +95,25 @@ class ModelsPublic(BaseModel):
     total: int
 
 
+class TargetSpec(BaseModel):
+    """An accuracy-target search over one of the method's params (its size knob)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: Literal["smallest_within", "most_accurate_under"] = Field(
+        description="smallest_within: the smallest model within `limit` top-1 points of float; "
+        "most_accurate_under: the most accurate model of at most `limit` bytes."
+    )
+    limit: float = Field(gt=0, le=1e15, description="Points of top-1, or bytes.")
+    param: str = Field(min_length=1, max_length=64, pattern=NO_CONTROL)
+    values: list[Any] = Field(
+        min_length=1,
+        max_length=32,
+        description="The param's values, ordered from the smallest model to the largest.",
+    )
+    parallel: int = Field(2, ge=1, le=16, description="Child jobs run at once.")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,6 +136,12 @@ class JobCreate(BaseModel):
     )
     batch_size: int = Field(128, ge=1, le=4096, description="Evaluation and training batch size.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random choice.")
+
+    target: TargetSpec | None = Field(
+        None,
+        description="Search instead of one run: child jobs try the values of one param, and the "
+        "job reports the winner and the Pareto set.",
+    )
 
     @model_validator(mode="after")
     def _one_dataset(self) -> JobCreate:
@@ -182,6 +207,10 @@ class JobPublic(_Out):
     finished_at: UtcDatetime | None
     result: ResultPublic | None = None
     artifacts: list[ArtifactPublic] = []
+    parent_id: int | None = None
+    target: dict[str, Any] | None = Field(
+        None, description="A search's spec and, once it has ended, its `outcome`."
+    )
 
 
 class JobsPublic(BaseModel):

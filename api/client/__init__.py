@@ -91,6 +91,8 @@ class Job(TypedDict):
     error_message: str | None
     result: Json | None
     artifacts: list[Artifact]
+    parent_id: int | None
+    target: Json | None  # a search's spec and, once ended, its outcome
 
 
 class JobsPage(TypedDict):
@@ -255,10 +257,13 @@ class Client:
         params: Json | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        target: Json | None = None,
     ) -> Job:
-        """Queue a job on a built-in ``dataset`` or an uploaded ``dataset_id``."""
+        """Queue a job on a built-in ``dataset`` or an uploaded ``dataset_id``; with ``target``
+        (``{"goal", "limit", "param", "values", "parallel"}``) a search whose child jobs try
+        the values, its ``target["outcome"]`` naming the winner once it has ended."""
         body: Json = {"model_id": model_id, "method": method, "params": params or {}}
-        optional = {"dataset": dataset, "dataset_id": dataset_id}
+        optional = {"dataset": dataset, "dataset_id": dataset_id, "target": target}
         optional |= {"batch_size": batch_size, "seed": seed}
         body |= {k: v for k, v in optional.items() if v is not None}
         return cast(Job, self._call("POST", "/jobs", json=body))

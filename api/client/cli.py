@@ -109,6 +109,19 @@ def _job_line(job: Job) -> str:
             f"; top1 {result['top1']:.2f}% (float {result['float_top1']:.2f}%), "
             f"{result['average_bits']:.2f} bits, {result['compression_ratio']:.1f}x smaller"
         )
+    target = job.get("target") or {}
+    outcome = target.get("outcome")
+    if outcome:
+        param = target["param"]
+        line += (
+            f"; search over {param}: {outcome['message']}"
+            + (
+                f", winner job {outcome['winner_job_id']} ({param}={outcome['winner_value']})"
+                if outcome["winner_job_id"] is not None
+                else ""
+            )
+            + f", {outcome['runs']} runs, Pareto jobs {outcome['pareto_job_ids']}"
+        )
     if job["error_message"]:
         line += f"; {job['error_code']}: {job['error_message']}"
     return line
@@ -164,10 +177,49 @@ def _upload_dataset(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--search bits=2,3,4 --within 1`` (or ``--under BYTES``) as the API's target."""
+    if args.search is None:
+        if args.within is not None or args.under is not None:
+            _err("error: --within and --under need --search PARAM=V1,V2,...")
+            raise SystemExit(EXIT_ERROR)
+        return None
+    if (args.within is None) == (args.under is None):
+        _err("error: --search needs exactly one of --within POINTS and --under BYTES")
+        raise SystemExit(EXIT_ERROR)
+    param, values = args.search
+    if args.within is not None:
+        goal, limit = "smallest_within", args.within
+    else:
+        goal, limit = "most_accurate_under", args.under
+    return {
+        "goal": goal,
+        "limit": limit,
+        "param": param,
+        "values": values,
+        "parallel": args.parallel,
+    }
+
+
+def parse_search(text: str) -> tuple[str, list[Any]]:
+    """``bits=1,2,4`` → ("bits", [1, 2, 4]); each value read as JSON where it parses."""
+    param, sep, raw = text.partition("=")
+    if not sep or not param or not raw:
+        raise argparse.ArgumentTypeError(f"expected PARAM=V1,V2,... not {text!r}")
+    return param, [parse_param(f"{param}={v}")[1] for v in raw.split(",")]
+
+
 def _submit(client: Client, args: argparse.Namespace) -> int:
     params = dict(args.params_json or {}) | dict(args.param or [])
     job = client.submit(
-        args.model, args.method, args.dataset, args.dataset_id, params, args.batch_size, args.seed
+        args.model,
+        args.method,
+        args.dataset,
+        args.dataset_id,
+        params,
+        args.batch_size,
+        args.seed,
+        target=_target(args),
     )
     if not (args.wait or args.download):
         _show(args, job, [_job_line(job)])
@@ -188,8 +240,10 @@ def _finish(client: Client, job_id: int, args: argparse.Namespace) -> int:
     finally:
         bar.close()
     paths = []
-    if job["status"] == "succeeded" and args.download:
-        paths = client.download_job(job, args.download, args.kind or ())
+    winner = ((job.get("target") or {}).get("outcome") or {}).get("winner_job_id")
+    if job["status"] == "succeeded" and args.download:  # a search: the winner's artifacts
+        chosen = client.job(winner) if winner is not None else job
+        paths = client.download_job(chosen, args.download, args.kind or ())
     if args.json:
         _out(json.dumps({**job, "downloaded": [str(p) for p in paths]}, indent=1))
     else:
@@ -323,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-json", type=_params_json, metavar="JSON")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--search",
+        type=parse_search,
+        metavar="PARAM=V1,V2,...",
+        help="an accuracy-target search over one param, values from the smallest model up",
+    )
+    p.add_argument("--within", type=float, metavar="POINTS", help="smallest model within this")
+    p.add_argument("--under", type=float, metavar="BYTES", help="most accurate model this small")
+    p.add_argument("--parallel", type=int, default=2, help="child jobs at once (search)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     waiting(p)
     p = command("wait", lambda c, a: _finish(c, a.job, a), "follow a job until it ends")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api import jobs as transitions
 from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
 from api.errors import ApiError
-from api.models import Dataset, Job, JobEvent, JobStatus, Model
+from api.models import Dataset, Job, JobEvent, JobStatus, Model, utcnow
 from api.queue import BrokerUnavailable, enqueue
 from api.schemas import (
     MAX_ID,
@@ -27,9 +27,11 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
     ResultPublic,
+    TargetSpec,
 )
+from api.target_jobs import advance, child_params
 from quantcore import list_datasets
-from quantcore.registry import parse_params
+from quantcore.registry import get_method, parse_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -82,7 +84,53 @@ def create_job(
         seed=body.seed,
         status=JobStatus.QUEUED,
     )
+    if body.target is not None:
+        return _start_search(session, celery, job, body.target)
     return _queue(session, celery, job)
+
+
+def _start_search(session: Session, celery: Celery, parent: Job, target: TargetSpec) -> Job:
+    """A parent job (never queued itself) and its first round of children."""
+    if target.param not in get_method(parent.method).Params.model_fields:
+        raise ApiError(
+            422,
+            "invalid_params",
+            f"target.param: {parent.method} has no param {target.param!r}",
+            {"field": "target.param"},
+        )
+    for value in target.values:  # every child must be a valid job before any runs
+        child_params(parent.method, parent.params, target.param, value)
+    parent.status = JobStatus.RUNNING
+    parent.stage = "searching"
+    parent.started_at = utcnow()
+    parent.target = target.model_dump(mode="json")
+    session.add(parent)
+    session.flush()
+    children = advance(session, parent.id)
+    session.commit()
+    try:
+        for child in children:
+            enqueue(celery, child)
+    except BrokerUnavailable:
+        for child in children:  # none of the round runs: the client retries the whole search
+            transitions.request_cancel(session, child)
+        transitions.finish(
+            session,
+            parent.id,
+            JobStatus.FAILED,
+            stage="failed",
+            error_code="broker_unavailable",
+            error_message="the job queue was unreachable when the search started",
+        )
+        session.commit()
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the job queue is unreachable, so the search did not start; retry in a moment",
+            headers={"Retry-After": "5"},
+        ) from None
+    session.refresh(parent)
+    return parent
 
 
 def _queue(session: Session, celery: Celery, job: Job) -> Job:
@@ -143,6 +191,9 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     method: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL)] = None,
     model_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    parent_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="The children of one search.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> JobsPublic:
@@ -153,6 +204,8 @@ def list_jobs(
         query = query.where(Job.method == method)
     if model_id is not None:
         query = query.where(Job.model_id == model_id)
+    if parent_id is not None:
+        query = query.where(Job.parent_id == parent_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).unique()
     return JobsPublic(items=[JobPublic.model_validate(r) for r in rows], total=total)
@@ -168,6 +221,16 @@ def cancel_job(job_id: Id, session: SessionDep, user: CurrentUser, celery: Celer
     job = owned(session, Job, job_id, user, "job")
     if JobStatus(job.status).finished:
         raise ApiError(409, "conflict", f"job {job_id} has already {job.status}")
+    if job.target is not None:  # a search: cancel its children, then the search itself
+        for child in session.scalars(select(Job.id).where(Job.parent_id == job_id)).all():
+            if transitions.request_cancel(session, child) is JobStatus.CANCELLED:
+                celery.control.revoke(f"job-{child}")
+        transitions.finish(
+            session, job_id, JobStatus.CANCELLED, stage="cancelled", cancel_requested=True
+        )
+        session.commit()
+        session.refresh(job)
+        return job
     after = transitions.request_cancel(session, job_id)
     if after is JobStatus.CANCELLED:
         celery.control.revoke(f"job-{job_id}")
@@ -181,7 +244,10 @@ def delete_job(job_id: Id, session: SessionDep, user: CurrentUser, storage: Stor
     job = owned(session, Job, job_id, user, "job")
     if not JobStatus(job.status).finished:
         raise ApiError(409, "conflict", f"job {job_id} is {job.status}: cancel it first")
-    keys = [a.blob_key for a in job.artifacts]
+    children = session.scalars(select(Job).where(Job.parent_id == job_id)).all()
+    if any(not JobStatus(c.status).finished for c in children):
+        raise ApiError(409, "conflict", f"job {job_id} has children still running: cancel it first")
+    keys = [a.blob_key for j in (job, *children) for a in j.artifacts]
     session.delete(job)
     session.commit()
     for key in keys:

@@ -271,6 +271,77 @@ def test_cli_submit_wait_download(server: Server, lenet_weights: Path, tmp_path:
 
 
 @pytest.mark.slow
+def test_cli_target_search_downloads_the_winner(
+    server: Server, lenet_weights: Path, tmp_path: Path
+) -> None:
+    uploaded = _cli(
+        server,
+        "upload-model",
+        str(lenet_weights),
+        "--arch",
+        "lenet5",
+        "--num-classes",
+        "10",
+        "--json",
+    )
+    assert uploaded.returncode == 0, uploaded.stderr
+    model_id = json.loads(uploaded.stdout)["id"]
+    out = tmp_path / "winner"
+    run = _cli(
+        server,
+        "submit",
+        "--model",
+        str(model_id),
+        "--method",
+        "uniform",
+        "--dataset",
+        "digits",
+        "--search",
+        "bits=2,4,8",
+        "--within",
+        "50",
+        "--parallel",
+        "1",
+        "--wait",
+        "--download",
+        str(out),
+        "--kind",
+        "qpack",
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    search = json.loads(run.stdout)
+    outcome = search["target"]["outcome"]
+    assert search["status"] == "succeeded"
+    assert outcome["winner_job_id"] is not None
+    assert outcome["winner_value"] in (2, 4, 8)
+    (saved,) = (Path(p) for p in search["downloaded"])
+    assert saved.parent == out
+    assert saved.name.startswith(f"job-{outcome['winner_job_id']}-")
+    text = _cli(server, "jobs")
+    assert text.returncode == 0, text.stderr
+
+    both = _cli(
+        server,
+        "submit",
+        "--model",
+        str(model_id),
+        "--method",
+        "uniform",
+        "--dataset",
+        "digits",
+        "--search",
+        "bits=2,4",
+        "--within",
+        "1",
+        "--under",
+        "9",
+    )
+    assert both.returncode == 2
+    assert "exactly one of --within" in both.stderr
+
+
+@pytest.mark.slow
 def test_errors_carry_the_servers_status_code_and_message(server: Server, tmp_path: Path) -> None:
     with Client(server.url, "qs_not-a-real-token") as client, pytest.raises(ApiClientError) as err:
         client.jobs()

@@ -1,0 +1,116 @@
+"""Accuracy-target jobs: a search over a method's size knob through child jobs on the queue,
+checked against an exhaustive sweep of ordinary jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api.targets import Outcome, Target, exhaustive
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.slow
+
+BITS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def _model(service: Service, weights: Path) -> int:
+    with open(weights, "rb") as f:
+        response = service.client.post(
+            "/api/v1/models",
+            data={"arch": "lenet5", "num_classes": "10"},
+            files={"file": ("lenet5.safetensors", f)},
+        )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def _search(model_id: int, **target: object) -> dict:
+    return {
+        "model_id": model_id,
+        "method": "uniform",
+        "dataset": "digits",
+        "seed": 3,
+        "target": {"param": "bits", "values": BITS, "parallel": 2, **target},
+    }
+
+
+def _outcome(service: Service, job_id: int) -> Outcome:
+    r = service.client.get(f"/api/v1/jobs/{job_id}/result").json()
+    return Outcome(r["top1"], r["float_top1"], r["quantized_bytes"])
+
+
+def test_the_search_finds_what_an_exhaustive_sweep_finds(
+    production: Service, lenet_weights: Path
+) -> None:
+    model_id = _model(production, lenet_weights)
+    made = production.client.post(
+        "/api/v1/jobs", json=_search(model_id, goal="smallest_within", limit=1.0)
+    )
+    assert made.status_code == 202, made.text
+    parent = production.wait_for(made.json()["id"], {"succeeded", "failed", "cancelled"}, 400)
+    assert parent["status"] == "succeeded", parent["error_message"]
+    outcome = parent["target"]["outcome"]
+
+    children = production.client.get(f"/api/v1/jobs?parent_id={parent['id']}").json()["items"]
+    assert all(c["status"] == "succeeded" and c["parent_id"] == parent["id"] for c in children)
+    assert outcome["runs"] == len(children) < len(BITS)  # stopped early
+    tried = {c["params"]["bits"]: c["id"] for c in children}
+    assert set(outcome["pareto_job_ids"]) <= set(tried.values())
+
+    # Every value, as ordinary jobs with the same seed: the children's numbers are reproduced.
+    sweep: list[Outcome] = []
+    for bits in BITS:
+        body = {"model_id": model_id, "method": "uniform", "dataset": "digits", "seed": 3}
+        job = production.client.post("/api/v1/jobs", json={**body, "params": {"bits": bits}})
+        done = production.wait_for(job.json()["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", done["error_message"]
+        sweep.append(_outcome(production, done["id"]))
+        if bits in tried:
+            assert sweep[-1] == _outcome(production, tried[bits])
+    best = exhaustive(Target("smallest_within", 1.0), sweep)
+    assert best is not None
+    assert outcome["winner_value"] == BITS[best]
+    assert outcome["winner_job_id"] == tried[BITS[best]]
+
+
+def test_a_bad_search_is_refused_before_anything_runs(
+    production: Service, lenet_weights: Path
+) -> None:
+    model_id = _model(production, lenet_weights)
+    before = production.client.get("/api/v1/jobs").json()["total"]
+    no_such = _search(model_id, goal="smallest_within", limit=1.0)
+    no_such["target"]["param"] = "bitz"
+    err = production.client.post("/api/v1/jobs", json=no_such)
+    assert err.status_code == 422
+    assert "bitz" in err.json()["error"]["message"]
+    too_many_bits = _search(model_id, goal="most_accurate_under", limit=10_000)
+    too_many_bits["target"]["values"] = [2, 4, 99]
+    err = production.client.post("/api/v1/jobs", json=too_many_bits)
+    assert err.status_code == 422
+    assert "bits" in err.json()["error"]["message"]
+    assert production.client.get("/api/v1/jobs").json()["total"] == before
+
+
+def test_cancelling_the_search_cancels_its_children(
+    production: Service, lenet_weights: Path
+) -> None:
+    model_id = _model(production, lenet_weights)
+    production.stop_worker()  # the first round waits in the queue
+    try:
+        made = production.client.post(
+            "/api/v1/jobs", json=_search(model_id, goal="smallest_within", limit=1.0, parallel=3)
+        ).json()
+        children = production.client.get(f"/api/v1/jobs?parent_id={made['id']}").json()["items"]
+        assert len(children) == 3
+        cancelled = production.client.post(f"/api/v1/jobs/{made['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+    finally:
+        production.start_worker()
+    for child in children:
+        assert production.client.get(f"/api/v1/jobs/{child['id']}").json()["status"] == "cancelled"
+    assert production.client.delete(f"/api/v1/jobs/{made['id']}").status_code == 204
+    for child in children:
+        assert production.client.get(f"/api/v1/jobs/{child['id']}").status_code == 404
