@@ -44,7 +44,6 @@ ROUND_TRIP_TOLERANCE_PTS = 0.05
 
 # The float model and the artifact are timed side by side on the job's device and batch size.
 INFERENCE_ROUNDS = 10
-INFERENCE_NOTE = NOTE
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def quantize_job(
         "inference": {
             **{name: speed.to_json() for name, speed in speeds.items()},
             "device": str(ctx.device),
-            "note": INFERENCE_NOTE,
+            "note": NOTE,
         },
         "onnx_status": onnx_status,
     }

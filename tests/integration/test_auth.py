@@ -6,6 +6,7 @@ default for the first-start admin) is enough.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -186,8 +187,6 @@ def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.Complete
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("QS_")}
 
 
