@@ -21,6 +21,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -163,6 +165,8 @@ class Job(Base):
     )
     batch_size: Mapped[int] = mapped_column(Integer, default=128)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # torch.use_deterministic_algorithms for the run (CUDA reproducibility; the CPU already is)
+    deterministic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     stage: Mapped[str | None] = mapped_column(String(64))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -175,6 +179,8 @@ class Job(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     wall_time_s: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # quantcore.memory.estimate at submission: the peak the job was admitted with.
+    memory_estimate_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -193,6 +199,25 @@ class Job(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan"
     )
+
+
+class WorkerDevice(Base):
+    """A worker process and the device it computes on, as it last reported itself: what memory
+    admission compares a job's estimate with. A row older than the report interval's few
+    multiples belongs to a worker that has stopped."""
+
+    __tablename__ = "worker_device"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))  # "cuda:0", "cpu"
+    device_name: Mapped[str] = mapped_column(String(255))
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    __table_args__ = (UniqueConstraint("host", "pid"),)
 
 
 class JobEvent(Base):

@@ -95,8 +95,37 @@ class ModelsPublic(BaseModel):
     total: int
 
 
+class TargetArm(BaseModel):
+    """Another method searched beside the job's own: its fixed params and its own size knob.
+
+    Its children run on the job's model, dataset, batch size and seed; its values are searched
+    on their own (the monotone assumption holds along one knob, not across methods), and the
+    search's answer is the best of every method's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(
+        min_length=1, max_length=64, pattern=NO_CONTROL, description="A method name from /methods."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The method's fixed params (the knob aside)."
+    )
+    param: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=NO_CONTROL,
+        description="The method's param searched (its size knob, e.g. bits, w_bits).",
+    )
+    values: list[Any] = Field(
+        min_length=1,
+        max_length=32,
+        description="The param's values, ordered from the smallest model to the largest.",
+    )
+
+
 class TargetSpec(BaseModel):
-    """An accuracy-target search over one of the method's params (its size knob)."""
+    """An accuracy-target search over one of the method's params (its size knob), and
+    optionally over other methods' knobs too (``other_methods``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,13 +134,32 @@ class TargetSpec(BaseModel):
         "most_accurate_under: the most accurate model of at most `limit` bytes."
     )
     limit: float = Field(gt=0, le=1e15, description="Points of top-1, or bytes.")
-    param: str = Field(min_length=1, max_length=64, pattern=NO_CONTROL)
+    param: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=NO_CONTROL,
+        description="The job's own method's param searched (its size knob, e.g. bits).",
+    )
     values: list[Any] = Field(
         min_length=1,
         max_length=32,
         description="The param's values, ordered from the smallest model to the largest.",
     )
-    parallel: int = Field(2, ge=1, le=16, description="Child jobs run at once.")
+    parallel: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Child jobs run at once, over all methods (shared fairly among the methods "
+        "whose search has not ended).",
+    )
+    other_methods: list[TargetArm] = Field(
+        default_factory=list,
+        max_length=3,
+        description="More methods to search, each over its own knob; the answer is the best "
+        "model over all of them (smallest_within: the smallest, ties to the more accurate; "
+        "most_accurate_under: the most accurate, ties to the smaller). The outcome names "
+        "`winner_method` and each method's own answer in `arms`.",
+    )
 
 
 class JobCreate(BaseModel):
@@ -136,6 +184,13 @@ class JobCreate(BaseModel):
     )
     batch_size: int = Field(128, ge=1, le=4096, description="Evaluation and training batch size.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random choice.")
+    deterministic: bool = Field(
+        False,
+        description="Run with torch.use_deterministic_algorithms (and cuDNN's deterministic "
+        "kernels): on CUDA a re-run then reproduces the result exactly, at some speed cost; "
+        "a job whose method needs an operation without a deterministic kernel fails and says "
+        "so. CPU runs are deterministic either way.",
+    )
 
     target: TargetSpec | None = Field(
         None,
@@ -191,6 +246,7 @@ class JobPublic(_Out):
     dataset_id: int | None
     batch_size: int
     seed: int
+    deterministic: bool = False
     status: str
     stage: str | None
     progress: float
@@ -202,6 +258,11 @@ class JobPublic(_Out):
     worker_host: str | None
     wall_time_s: float | None
     peak_memory_bytes: int | None
+    memory_estimate_bytes: int | None = Field(
+        None,
+        description="Peak memory the job was estimated to need on its device before it was "
+        "queued (compare with peak_memory_bytes, measured).",
+    )
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None

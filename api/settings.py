@@ -44,6 +44,26 @@ class Settings(BaseSettings):
         description="A running job whose worker sent no heartbeat "
         "for this long may be claimed again (its worker died).",
     )
+    worker_report_s: float = Field(
+        60,
+        ge=0.5,
+        le=3600,
+        description="Workers report their device and its memory this often; the API ignores a "
+        "worker silent for three intervals when it admits jobs.",
+    )
+    worker_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Workers report at most this much device memory (to keep room for other "
+        "work on a shared host); default: all of it.",
+    )
+    memory_usable_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of a worker device's memory a job may be estimated to need (the "
+        "rest covers the CUDA context, the allocator's fragmentation and the estimate's error).",
+    )
     broker_visibility_timeout_s: int = Field(
         7 * 3600,
         ge=10,

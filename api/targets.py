@@ -11,8 +11,13 @@ whether a value meets the target is monotone:
 
 Either way one boundary is searched for, by a (k+1)-ary search that probes k values at a time,
 k being how many child jobs may run in parallel (k = 1 is bisection). Every finished child is
-kept: the report shows the whole Pareto set, not only the winner. Nothing here touches the
-database or the queue; ``api.jobs`` and the worker drive it.
+kept: the report shows the whole Pareto set, not only the winner.
+
+A search may cover several methods at once ("arms": the job's own method and knob, then others,
+each with its own ordered values). Each arm is searched on its own as above, since the monotone
+assumption holds along one knob, not across methods; the arms share each round's ``parallel``
+slots (:func:`next_round`), and the answer is the best of the arms' answers (:func:`winner`).
+Nothing here touches the database or the queue; ``api.target_jobs`` and the worker drive it.
 """
 
 from __future__ import annotations
@@ -73,6 +78,12 @@ def boundary(target: Target, n: int, known: Mapping[int, Outcome]) -> Boundary:
     return Boundary(low, max(low, high))
 
 
+def open_values(target: Target, n: int, known: Mapping[int, Outcome]) -> list[int]:
+    """The values not run yet that may still hold the boundary (none: the answer is known)."""
+    span = boundary(target, n, known)
+    return [i for i in range(span.low, span.high) if i not in known]
+
+
 def next_values(target: Target, n: int, known: Mapping[int, Outcome], parallel: int) -> list[int]:
     """The values to run next (indices into the ordered values); empty once the answer is known.
 
@@ -81,14 +92,13 @@ def next_values(target: Target, n: int, known: Mapping[int, Outcome], parallel: 
     """
     if parallel < 1:
         raise ValueError("parallel must be at least 1")
-    span = boundary(target, n, known)
-    open_values = [i for i in range(span.low, span.high) if i not in known]
-    if not open_values:
+    candidates = open_values(target, n, known)
+    if not candidates:
         return []
-    k = min(parallel, len(open_values))
-    step = len(open_values) / (k + 1)
-    picks = sorted({open_values[min(int(step * (j + 1)), len(open_values) - 1)] for j in range(k)})
-    return picks
+    k = min(parallel, len(candidates))
+    step = len(candidates) / (k + 1)
+    last = len(candidates) - 1
+    return sorted({candidates[min(int(step * (j + 1)), last)] for j in range(k)})
 
 
 def answer(target: Target, n: int, known: Mapping[int, Outcome]) -> int | None:
@@ -118,6 +128,71 @@ def exhaustive(target: Target, outcomes: Sequence[Outcome]) -> int | None:
     if target.goal == "smallest_within":
         return min(meeting, key=lambda i: (meeting[i].quantized_bytes, i)) if meeting else None
     return _most_accurate(meeting)
+
+
+# --- several arms ------------------------------------------------------------------------------
+
+Pick = tuple[int, int]  # (arm, index into that arm's ordered values)
+
+
+def next_round(
+    target: Target, sizes: Sequence[int], known: Sequence[Mapping[int, Outcome]], parallel: int
+) -> list[Pick]:
+    """The children to run next over several arms (``sizes[a]`` values each, ``known[a]`` run);
+    empty once every arm's answer is known.
+
+    The ``parallel`` slots go one at a time to the arm with work that has the fewest slots so far
+    (ties: more values still open, then the lower arm), never more to an arm than it has open
+    values; so every arm with work moves each round when ``parallel`` allows it, and a slot an
+    arm cannot use goes to another. Each arm then probes its slots with :func:`next_values`. With
+    one arm this is ``next_values`` itself.
+    """
+    if parallel < 1:
+        raise ValueError("parallel must be at least 1")
+    if len(sizes) != len(known):
+        raise ValueError("one known mapping per arm")
+    left = [len(open_values(target, n, k)) for n, k in zip(sizes, known, strict=True)]
+    slots = [0] * len(sizes)
+    for _ in range(parallel):
+        hungry = [a for a in range(len(sizes)) if slots[a] < left[a]]
+        if not hungry:
+            break
+        slots[min(hungry, key=lambda a: (slots[a], -left[a], a))] += 1
+    return [
+        (a, i) for a, k in enumerate(slots) if k for i in next_values(target, sizes[a], known[a], k)
+    ]
+
+
+def best(target: Target, candidates: Mapping[Pick, Outcome]) -> Pick | None:
+    """The best of outcomes that meet the target, from different arms: the smallest (ties: the
+    more accurate), or the most accurate (ties: the smaller); then the lower arm and index."""
+    if not candidates:
+        return None
+    if target.goal == "smallest_within":
+        return min(
+            candidates, key=lambda p: (candidates[p].quantized_bytes, -candidates[p].top1, p)
+        )
+    return min(candidates, key=lambda p: (-candidates[p].top1, candidates[p].quantized_bytes, p))
+
+
+def winner(
+    target: Target, sizes: Sequence[int], known: Sequence[Mapping[int, Outcome]]
+) -> tuple[Pick | None, list[int | None]]:
+    """Once :func:`next_round` is empty: the overall winner and each arm's own answer."""
+    per_arm = [answer(target, n, k) for n, k in zip(sizes, known, strict=True)]
+    found = {(a, i): known[a][i] for a, i in enumerate(per_arm) if i is not None}
+    return best(target, found), per_arm
+
+
+def exhaustive_arms(target: Target, arms: Sequence[Sequence[Outcome]]) -> Pick | None:
+    """The answer from every value of every arm: what a search over several arms must find."""
+    meeting = {
+        (a, i): o
+        for a, outcomes in enumerate(arms)
+        for i, o in enumerate(outcomes)
+        if target.met(o)
+    }
+    return best(target, meeting)
 
 
 def pareto(outcomes: Iterable[tuple[str, Outcome]]) -> list[str]:

@@ -6,11 +6,12 @@ and the device are set up once, in ``worker_process_init``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
@@ -18,6 +19,7 @@ from api.observability import configure_logging
 from api.queue import make_celery
 from api.settings import Settings
 from api.storage import BlobStore, LocalBlobStore
+from worker.presence import Presence
 
 
 @dataclass
@@ -54,12 +56,28 @@ def _logging(loglevel: str | None = None, **_kwargs: object) -> None:
     configure_logging(settings.log_format, loglevel or settings.log_level)
 
 
+_presence: Presence | None = None
+
+
 @worker_process_init.connect
 def _init_child(**_kwargs: object) -> None:
-    global _state
+    global _state, _presence
     _state = None
+    # cuBLAS is deterministic only with a fixed workspace; set before any CUDA work so that
+    # jobs asking for deterministic algorithms can have them (costs a few MiB).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    state()
+    s = state()
+    _presence = Presence(
+        s.factory, s.device, every=s.settings.worker_report_s, cap=s.settings.worker_memory_bytes
+    )
+    _presence.start()
+
+
+@worker_process_shutdown.connect
+def _stop_child(**_kwargs: object) -> None:
+    if _presence is not None:
+        _presence.stop()
 
 
 app: Celery = make_celery(Settings(), "quant-worker")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+
+from quantcore.memory import TensorPeakMeter
 
 
 def pick_device() -> torch.device:
@@ -12,16 +16,49 @@ def pick_device() -> torch.device:
     return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def reset_peak(device: torch.device) -> None:
+@dataclass
+class Peak:
+    """The most bytes of tensors alive at once on the job's device during a measured span."""
+
+    bytes: int | None = None
+
+
+@contextmanager
+def measure_peak(device: torch.device, baseline: int, into: Peak) -> Iterator[None]:
+    """Measure the tensor peak of the block into ``into.bytes``: the CUDA allocator's peak on a
+    GPU; on the CPU, where PyTorch keeps no such statistic, quantcore's TensorPeakMeter, which
+    counts the storages the block's operators create, on top of ``baseline`` bytes that
+    already exist (the float model). Both are what ``quantcore.memory.estimate`` predicts."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        yield
+        into.bytes = int(torch.cuda.max_memory_allocated(device))
+        return
+    with TensorPeakMeter(device.type, baseline=baseline) as meter:
+        yield
+    into.bytes = meter.peak
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """GPU memory peak on CUDA; the process's peak resident set size on the CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+@contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """Within the block, only deterministic kernels (``torch.use_deterministic_algorithms``,
+    cuDNN without autotuning) when ``on``; an operation that has none raises. cuBLAS also needs
+    ``CUBLAS_WORKSPACE_CONFIG``, which each worker process sets when it starts."""
+    if not on:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
 def visible_cuda_devices() -> list[str]:

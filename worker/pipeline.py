@@ -35,6 +35,8 @@ from quantcore import (
 from quantcore.artifact import dequantized_state_dict, stored_bytes
 from quantcore.export import export_onnx
 from quantcore.inference import NOTE, compare_speed
+from quantcore.memory import module_bytes
+from worker.devices import Peak, deterministic_algorithms, measure_peak
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class JobSpec:
     dataset_kind: str | None  # the upload's loader: "npz" or "imagefolder"
     dataset_sha256: str | None  # the upload's sha256 (its identity in the provenance)
     model_sha256: str
+    deterministic: bool = False  # torch.use_deterministic_algorithms for the run
 
 
 def _dataset_identity(spec: JobSpec) -> dict[str, Any]:
@@ -96,8 +99,12 @@ def _load_data(spec: JobSpec) -> DataBundle:
 
 
 def quantize_job(
-    spec: JobSpec, ctx: RunContext, out: Path
+    spec: JobSpec, ctx: RunContext, out: Path, peak: Peak | None = None
 ) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the job: evaluate, quantize, write and check the artifact, measure inference.
+
+    ``peak`` receives the tensor peak of the evaluate-quantize-evaluate span on the device."""
+    peak = Peak() if peak is None else peak
     ctx.report("load", 0.0)
     data = _load_data(spec)
     if data.num_classes > spec.spec.num_classes or data.in_channels != spec.spec.in_channels:
@@ -114,9 +121,13 @@ def quantize_job(
     method = get_method(spec.method)
     params = parse_params(spec.method, spec.params)
     _, val = data.loaders(spec.batch_size, seed=spec.seed)
-    before = evaluate(model, val, ctx, stage="evaluate float")
-    quantized = method.quantize(model, data, params, ctx)
-    after = evaluate(quantized, val, ctx, stage="evaluate quantized")
+    with (
+        deterministic_algorithms(spec.deterministic),
+        measure_peak(ctx.device, module_bytes(model), into=peak),  # what admission estimated
+    ):
+        before = evaluate(model, val, ctx, stage="evaluate float")
+        quantized = method.quantize(model, data, params, ctx)
+        after = evaluate(quantized, val, ctx, stage="evaluate quantized")
     sizes = size_report(quantized)
     files = {
         "qpack": out / "model.qpack",
@@ -131,7 +142,7 @@ def quantize_job(
         device=ctx.device,
         model_sha256=spec.model_sha256,
         dataset=_dataset_identity(spec),
-        extra=[("batch_size", spec.batch_size)],
+        extra=[("batch_size", spec.batch_size), ("deterministic", spec.deterministic)],
     )
     save_artifact(
         quantized,

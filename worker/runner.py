@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from quantcore import (
     QuantcoreError,
     RunContext,
 )
-from worker.devices import peak_memory_bytes, reset_peak
+from worker.devices import Peak
 from worker.pipeline import JobSpec, quantize_job
 from worker.progress import DB_DOWN, ProgressWriter
 
@@ -103,6 +104,7 @@ def run_job(
             job.dataset_id,
             *_dataset_source(s, storage, job.dataset_id),
             model.sha256,
+            job.deterministic,
         )
         transitions.heartbeat(s, job_id, device=str(device))
     log.info("job %s: claimed, running %s on %s", job_id, spec.method, device)
@@ -116,12 +118,12 @@ def run_job(
         checkpoint_dir=checkpoints,
     )
     started = time.monotonic()
-    reset_peak(device)
+    peak = Peak()
     outputs = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch(settings)))
     beating = _Heartbeat(factory, job_id, every=settings.job_lease_s / 4)
     beating.start()
     try:
-        result, files = quantize_job(spec, ctx, outputs)
+        result, files = run_with_oom_retry(spec, ctx, outputs, peak, factory=factory)
         return _succeed(
             factory,
             storage,
@@ -130,7 +132,7 @@ def run_job(
             result,
             files,
             wall=time.monotonic() - started,
-            peak=peak_memory_bytes(device),
+            peak=peak.bytes,
         )
     except Cancelled:
         wall = time.monotonic() - started
@@ -184,6 +186,81 @@ def run_job(
         beating.stop()
         shutil.rmtree(outputs, ignore_errors=True)
         shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed process leaves them
+
+
+def halved(spec: JobSpec) -> JobSpec | None:
+    """The job with half its batch sizes (the evaluation batch and the method's training
+    ``batch_size`` param, where it has one), or None when both are already 1."""
+    train = spec.params.get("batch_size")
+    if spec.batch_size <= 1 and (not isinstance(train, int) or train <= 1):
+        return None
+    params = dict(spec.params)
+    if isinstance(train, int):
+        params["batch_size"] = max(train // 2, 1)
+    return replace(spec, batch_size=max(spec.batch_size // 2, 1), params=params)
+
+
+def run_with_oom_retry(
+    spec: JobSpec,
+    ctx: RunContext,
+    out: Path,
+    peak: Peak,
+    *,
+    factory: sessionmaker[Session],
+    run: Callable[[JobSpec, RunContext, Path, Peak], tuple[dict[str, Any], dict[str, Path]]]
+    | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the job; after a device out-of-memory error, run it once more with half the batch,
+    resuming from the checkpoints the first try left (the job row then records the batch sizes
+    that ran). A second one fails the job with the numbers (:class:`OutOfMemory`)."""
+    run = quantize_job if run is None else run
+    try:
+        return run(spec, ctx, out, peak)
+    except torch.OutOfMemoryError as first:
+        smaller = halved(spec)
+        device_total = (
+            torch.cuda.get_device_properties(ctx.device).total_memory
+            if ctx.device.type == "cuda"
+            else None
+        )
+        numbers = f"(device {ctx.device}, {_mib(device_total)} in all; {first})"
+        if smaller is None:
+            raise OutOfMemory(
+                f"the job ran out of device memory at batch size 1 {numbers}"
+            ) from None
+        log.warning(
+            "job %s: out of memory at batch %s; retrying at %s",
+            spec.id,
+            spec.batch_size,
+            smaller.batch_size,
+        )
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        def record() -> None:
+            with session_scope(factory) as s:
+                job = s.get(Job, spec.id)
+                if job is not None:
+                    job.batch_size, job.params = smaller.batch_size, smaller.params
+
+        _with_db(record, spec.id, "the halved batch size")
+        ctx.report("out of memory: retrying with half the batch", 0.0)
+        try:
+            return run(smaller, ctx, out, peak)
+        except torch.OutOfMemoryError as second:
+            raise OutOfMemory(
+                f"the job ran out of device memory at batch size {spec.batch_size} and again "
+                f"at {smaller.batch_size} {numbers}; second error: {second}. Submit it with a "
+                "smaller batch size or to a worker with more memory"
+            ) from None
+
+
+class OutOfMemory(QuantcoreError):
+    code = "out_of_memory"
+
+
+def _mib(size: int | None) -> str:
+    return "unknown memory" if size is None else f"{size / 2**20:.0f} MiB"
 
 
 class _Heartbeat(threading.Thread):
@@ -246,7 +323,7 @@ def _succeed(
     files: dict[str, Path],
     *,
     wall: float,
-    peak: int,
+    peak: int | None,
 ) -> JobStatus | None:
     """Store the artifacts (all or none: a full disk raises :class:`StorageFull` with nothing
     kept), then record them, the result, the end state and any progress events the database
@@ -279,7 +356,7 @@ def _record_success(
     blobs: dict[str, StoredBlob],
     *,
     wall: float,
-    peak: int,
+    peak: int | None,
 ) -> JobStatus | None:
     with session_scope(factory) as s:
         if not transitions.finish(

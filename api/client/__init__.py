@@ -9,8 +9,16 @@ The server and the token come from ``--url``/``--token`` or ``QS_URL`` (default
 http://127.0.0.1:8000) and ``QS_TOKEN``. Exit codes: 0 done, 1 the job failed or was cancelled,
 2 a usage or API error (the server's message is printed).
 
-This package (this file, ``cli.py`` and ``__main__.py``) imports only httpx and the standard
-library: copy the folder to any machine with httpx and run it as ``python -m <folder>``.
+An accuracy-target search (``submit --search``, or ``target=`` built with :func:`search_target`
+and :func:`search_arm`) may cover several methods at once:
+
+    python -m api.client submit --model 1 --method uniform --dataset digits \\
+        --search bits=1,2,3,4,5,6,7,8 --within 1 --parallel 3 \\
+        --also-search lq_nets:w_bits=1,2,3,4 --also-param lq_nets:epochs=15 --wait
+
+This package (this file, ``args.py``, ``cli.py``, ``targets.py`` and ``__main__.py``) imports only
+httpx and the standard library: copy the folder to any machine with httpx and run it as
+``python -m <folder>``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 import httpx
+
+from .targets import search_arm as search_arm
+from .targets import search_target as search_target
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -260,8 +271,9 @@ class Client:
         target: Json | None = None,
     ) -> Job:
         """Queue a job on a built-in ``dataset`` or an uploaded ``dataset_id``; with ``target``
-        (``{"goal", "limit", "param", "values", "parallel"}``) a search whose child jobs try
-        the values, its ``target["outcome"]`` naming the winner once it has ended."""
+        (``{"goal", "limit", "param", "values", "parallel"}`` and optionally ``other_methods``:
+        see :func:`search_target`) a search whose child jobs try the values, its
+        ``target["outcome"]`` naming the winner (and ``winner_method``) once it has ended."""
         body: Json = {"model_id": model_id, "method": method, "params": params or {}}
         optional = {"dataset": dataset, "dataset_id": dataset_id, "target": target}
         optional |= {"batch_size": batch_size, "seed": seed}

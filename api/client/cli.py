@@ -15,6 +15,16 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import DEFAULT_URL, ApiClientError, Client, Job, Json, ProgressEvent
+from .args import (
+    input_size,
+    params_json,
+    parse_arm,
+    parse_arm_param,
+    parse_arm_params,
+    parse_param,
+    parse_search,
+)
+from .targets import search_arm, search_target
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -62,40 +72,6 @@ class ProgressBar:
         self.last = ""
 
 
-# --- argument types --------------------------------------------------------------------------
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``, the value read as JSON when it is JSON (``bits=4`` → 4), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.strip(), value
-
-
-def _params_json(text: str) -> Json:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"bits\": 4}'")
-    return value
-
-
-def _input_size(text: str) -> tuple[int, int]:
-    """``28`` or ``28x32`` (height x width)."""
-    try:
-        height, _, width = text.lower().partition("x")
-        return int(height), int(width or height)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}") from None
-
-
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -112,19 +88,26 @@ def _job_line(job: Job) -> str:
     target = job.get("target") or {}
     outcome = target.get("outcome")
     if outcome:
-        param = target["param"]
-        line += (
-            f"; search over {param}: {outcome['message']}"
-            + (
-                f", winner job {outcome['winner_job_id']} ({param}={outcome['winner_value']})"
-                if outcome["winner_job_id"] is not None
-                else ""
-            )
-            + f", {outcome['runs']} runs, Pareto jobs {outcome['pareto_job_ids']}"
-        )
+        line += "; " + _outcome_text(target["param"], outcome)
     if job["error_message"]:
         line += f"; {job['error_code']}: {job['error_message']}"
     return line
+
+
+def _outcome_text(param: str, outcome: Json) -> str:
+    """``search over bits: found, winner job 7 (bits=4), ...``; over several methods each
+    searched knob is named with its method (``uniform bits + lq_nets w_bits``)."""
+    arms = outcome.get("arms") or []
+    knobs = [f"{a['method']} {a['param']}" for a in arms] if len(arms) > 1 else [param]
+    text = f"search over {' + '.join(knobs)}: {outcome['message']}"
+    winner = outcome["winner_job_id"]
+    if winner is not None:
+        knob = next(
+            (k for a, k in zip(arms, knobs, strict=False) if a["winner_job_id"] == winner),
+            param,
+        )
+        text += f", winner job {winner} ({knob}={outcome['winner_value']})"
+    return text + f", {outcome['runs']} runs, Pareto jobs {outcome['pareto_job_ids']}"
 
 
 def _result_lines(job_id: int, r: Json) -> list[str]:
@@ -178,35 +161,28 @@ def _upload_dataset(client: Client, args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace) -> dict[str, Any] | None:
-    """``--search bits=2,3,4 --within 1`` (or ``--under BYTES``) as the API's target."""
+    """``--search bits=2,3,4 --within 1`` (or ``--under BYTES``), with any ``--also-search``
+    methods and their ``--also-param(s)``, as the API's target."""
     if args.search is None:
-        if args.within is not None or args.under is not None:
-            _err("error: --within and --under need --search PARAM=V1,V2,...")
+        if args.within is not None or args.under is not None or args.also_search:
+            _err("error: --within, --under and --also-search need --search PARAM=V1,V2,...")
             raise SystemExit(EXIT_ERROR)
         return None
     if (args.within is None) == (args.under is None):
         _err("error: --search needs exactly one of --within POINTS and --under BYTES")
         raise SystemExit(EXIT_ERROR)
+    fixed: dict[str, Json] = {}  # a method's JSON first, then its KEY=VALUE pairs on top
+    for method, params in [*(args.also_params or []), *(args.also_param or [])]:
+        fixed.setdefault(method, {}).update(params)
+    searched = {method for method, _, _ in args.also_search or []}
+    if stray := sorted(set(fixed) - searched):
+        _err(f"error: --also-param(s) for {', '.join(stray)}, which no --also-search names")
+        raise SystemExit(EXIT_ERROR)
     param, values = args.search
-    if args.within is not None:
-        goal, limit = "smallest_within", args.within
-    else:
-        goal, limit = "most_accurate_under", args.under
-    return {
-        "goal": goal,
-        "limit": limit,
-        "param": param,
-        "values": values,
-        "parallel": args.parallel,
-    }
-
-
-def parse_search(text: str) -> tuple[str, list[Any]]:
-    """``bits=1,2,4`` → ("bits", [1, 2, 4]); each value read as JSON where it parses."""
-    param, sep, raw = text.partition("=")
-    if not sep or not param or not raw:
-        raise argparse.ArgumentTypeError(f"expected PARAM=V1,V2,... not {text!r}")
-    return param, [parse_param(f"{param}={v}")[1] for v in raw.split(",")]
+    also = [search_arm(m, knob, vs, fixed.get(m)) for m, knob, vs in args.also_search or []]
+    return search_target(
+        param, values, within=args.within, under=args.under, parallel=args.parallel, also=also
+    )
 
 
 def _submit(client: Client, args: argparse.Namespace) -> int:
@@ -361,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True)
     p.add_argument("--num-classes", type=int, required=True)
     p.add_argument("--in-channels", type=int)
-    p.add_argument("--input-size", type=_input_size, metavar="HxW")
+    p.add_argument("--input-size", type=input_size, metavar="HxW")
     p.add_argument("--name")
     p = command("upload-dataset", _upload_dataset, "upload an .npz or an ImageFolder archive")
     p.add_argument("file")
@@ -374,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--dataset", metavar="NAME", help="a built-in dataset")
     one.add_argument("--dataset-id", type=int, metavar="ID", help="an uploaded dataset")
     p.add_argument("--param", type=parse_param, action="append", metavar="KEY=VALUE")
-    p.add_argument("--params-json", type=_params_json, metavar="JSON")
+    p.add_argument("--params-json", type=params_json, metavar="JSON")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument(
@@ -386,6 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--within", type=float, metavar="POINTS", help="smallest model within this")
     p.add_argument("--under", type=float, metavar="BYTES", help="most accurate model this small")
     p.add_argument("--parallel", type=int, default=2, help="child jobs at once (search)")
+    p.add_argument(
+        "--also-search",
+        type=parse_arm,
+        action="append",
+        metavar="METHOD:PARAM=V1,V2,...",
+        help="search another method's param too, e.g. lq_nets:w_bits=1,2,3,4 (repeat, up to "
+        "3); the winner is the best model of all the methods",
+    )
+    p.add_argument(
+        "--also-param",
+        type=parse_arm_param,
+        action="append",
+        metavar="METHOD:KEY=VALUE",
+        help="a fixed param of an --also-search method (repeat)",
+    )
+    p.add_argument(
+        "--also-params",
+        type=parse_arm_params,
+        action="append",
+        metavar="METHOD:JSON",
+        help="fixed params of an --also-search method as a JSON object, e.g. "
+        "'lq_nets:{\"epochs\": 15}' (--also-param pairs override it)",
+    )
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     waiting(p)
     p = command("wait", lambda c, a: _finish(c, a.job, a), "follow a job until it ends")

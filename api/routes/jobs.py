@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import APIRouter, Query, Request, status
@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import jobs as transitions
-from api.deps import CeleryDep, CurrentUser, Id, SessionDep, StorageDep, owned
+from api.admission import DoesNotFit, admit
+from api.deps import CeleryDep, CurrentUser, Id, SessionDep, SettingsDep, StorageDep, owned
 from api.errors import ApiError
 from api.models import Dataset, Job, JobEvent, JobStatus, Model, utcnow
 from api.queue import BrokerUnavailable, enqueue
@@ -29,8 +30,10 @@ from api.schemas import (
     ResultPublic,
     TargetSpec,
 )
-from api.target_jobs import advance, child_params
+from api.settings import Settings
+from api.target_jobs import Arm, advance, arms, child_params
 from quantcore import list_datasets
+from quantcore.errors import InvalidParams, UnknownName
 from quantcore.registry import get_method, parse_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -43,7 +46,12 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     responses={503: {"description": "the job queue is unreachable; nothing was stored"}},
 )
 def create_job(
-    body: JobCreate, request: Request, session: SessionDep, user: CurrentUser, celery: CeleryDep
+    body: JobCreate,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    celery: CeleryDep,
+    settings: SettingsDep,
 ) -> Job:
     model = owned(session, Model, body.model_id, user, "model")
     params = parse_params(body.method, body.params)  # InvalidParams / UnknownName → 422
@@ -82,28 +90,58 @@ def create_job(
         dataset_id=body.dataset_id,
         batch_size=body.batch_size,
         seed=body.seed,
+        deterministic=body.deterministic,
         status=JobStatus.QUEUED,
     )
     if body.target is not None:
-        return _start_search(session, celery, job, body.target)
+        return _start_search(session, celery, job, body.target, settings)
+    job.memory_estimate_bytes = _admit(session, settings, model, job.method, job.params, job)
     return _queue(session, celery, job)
 
 
-def _start_search(session: Session, celery: Celery, parent: Job, target: TargetSpec) -> Job:
-    """A parent job (never queued itself) and its first round of children."""
-    if target.param not in get_method(parent.method).Params.model_fields:
-        raise ApiError(
-            422,
-            "invalid_params",
-            f"target.param: {parent.method} has no param {target.param!r}",
-            {"field": "target.param"},
+def _admit(
+    session: Session,
+    settings: Settings,
+    model: Model,
+    method: str,
+    params: dict[str, Any],
+    job: Job,
+    where: str = "",
+) -> int:
+    """The job's estimated peak memory, or a 422 when it fits no worker's device."""
+    try:
+        admitted = admit(
+            session,
+            model,
+            method,
+            params,
+            job.batch_size,
+            report_s=settings.worker_report_s,
+            usable_fraction=settings.memory_usable_fraction,
         )
-    for value in target.values:  # every child must be a valid job before any runs
-        child_params(parent.method, parent.params, target.param, value)
+    except DoesNotFit as exc:
+        raise ApiError(422, "insufficient_memory", f"{where}{exc.message}", exc.details) from None
+    return admitted.estimate_bytes
+
+
+def _start_search(
+    session: Session, celery: Celery, parent: Job, target: TargetSpec, settings: Settings
+) -> Job:
+    """A parent job (never queued itself) and its first round of children."""
+    spec = target.model_dump(mode="json")
+    model = session.get(Model, parent.model_id)
+    assert model is not None
+    for i, arm in enumerate(arms(parent.method, parent.params, spec)):
+        where = "target" if i == 0 else f"target.other_methods[{i - 1}]"
+        _check_arm(where, arm)
+        for j, value in enumerate(arm.values):  # every child must fit before any runs
+            tried = child_params(arm.method, arm.params, arm.param, value)
+            field = f"{where}.values[{j}] ({arm.method} {arm.param} = {value!r}): "
+            _admit(session, settings, model, arm.method, tried, parent, field)
     parent.status = JobStatus.RUNNING
     parent.stage = "searching"
     parent.started_at = utcnow()
-    parent.target = target.model_dump(mode="json")
+    parent.target = spec
     session.add(parent)
     session.flush()
     children = advance(session, parent.id)
@@ -131,6 +169,43 @@ def _start_search(session: Session, celery: Celery, parent: Job, target: TargetS
         ) from None
     session.refresh(parent)
     return parent
+
+
+def _check_arm(where: str, arm: Arm) -> None:
+    """Every child of a search arm must be a valid job before any runs; errors name the field
+    (``where`` is ``target`` or ``target.other_methods[i]``)."""
+    try:
+        fields = get_method(arm.method).Params.model_fields
+    except UnknownName as exc:
+        raise ApiError(
+            422,
+            exc.code,
+            f"{where}.method: {exc.message}",
+            {**exc.details, "field": f"{where}.method"},
+        ) from None
+    if arm.param not in fields:
+        raise ApiError(
+            422,
+            "invalid_params",
+            f"{where}.param: {arm.method} has no param {arm.param!r}; "
+            f"its params: {', '.join(fields)}",
+            {"field": f"{where}.param"},
+        )
+    for j, value in enumerate(arm.values):
+        try:
+            child_params(arm.method, arm.params, arm.param, value)
+        except InvalidParams as exc:
+            # The knob's value is at fault, or else the arm's fixed params are.
+            fields_hit = {
+                str(e.get("field", "")).split(".")[0] for e in exc.details.get("errors", [])
+            }
+            field = f"{where}.values[{j}]" if fields_hit == {arm.param} else f"{where}.params"
+            raise ApiError(
+                422,
+                exc.code,
+                f"{field} ({arm.param} = {value!r}): {exc.message}",
+                {**exc.details, "field": field},
+            ) from None
 
 
 def _queue(session: Session, celery: Celery, job: Job) -> Job:
@@ -163,7 +238,9 @@ def _queue(session: Session, celery: Celery, job: Job) -> Job:
     response_model=JobPublic,
     responses={503: {"description": "The job queue is unreachable; nothing was created."}},
 )
-def rerun_job(job_id: Id, session: SessionDep, user: CurrentUser, celery: CeleryDep) -> Job:
+def rerun_job(
+    job_id: Id, session: SessionDep, user: CurrentUser, celery: CeleryDep, settings: SettingsDep
+) -> Job:
     """Submit a job again: same model, method, params, dataset, batch size and seed. On the same
     kind of device the new result reproduces the old one (on the CPU exactly)."""
     old = owned(session, Job, job_id, user, "job")
@@ -179,8 +256,11 @@ def rerun_job(job_id: Id, session: SessionDep, user: CurrentUser, celery: Celery
         dataset_id=old.dataset_id,
         batch_size=old.batch_size,
         seed=old.seed,
+        deterministic=old.deterministic,
         status=JobStatus.QUEUED,
     )
+    model = owned(session, Model, old.model_id, user, "model")
+    job.memory_estimate_bytes = _admit(session, settings, model, job.method, job.params, job)
     return _queue(session, celery, job)
 
 

@@ -81,6 +81,7 @@ from quantcore.layers import (
     WeightQuantizer,
     quant_layers,
 )
+from quantcore.memory import FLOAT, Footprint, training_parts
 from quantcore.methods.base import Method, MethodParams
 from quantcore.primitives import levels_from_bases, nearest_level
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
@@ -747,6 +748,24 @@ class ALQ(Method):
     )
     Params = ALQParams
     presets: ClassVar[dict[str, dict[str, Any]]] = {"small data": SMALL_DATA_PRESET}
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """Per quantized weight: I_max binary bases, the written-back ŵ and the AMSGrad moments
+        (m, v, v̂) in float32; then the larger of the training step (Adam on the float rest)
+        and the basis step's per-weight temporaries on the largest layer (≈ 19·I_max bytes per
+        weight, measured on LeNet5 with ``bench/memory.py``)."""
+        p: ALQParams = params
+        largest = max((layer.weight for layer in fp.layers), default=0)
+        step = training_parts(fp, p.batch_size)
+        parts = {
+            "working model": (fp.params + fp.buffers) * FLOAT,
+            "bases and optimizer state": (p.i_max + 4) * FLOAT * fp.weights,
+        }
+        basis = 19 * p.i_max * largest
+        if basis > sum(step.values()):
+            return {**parts, "basis step": basis}
+        return {**parts, **step}
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: ALQParams, ctx: RunContext

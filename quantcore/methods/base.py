@@ -11,6 +11,7 @@ from torch import nn
 from quantcore import registry
 from quantcore.context import RunContext
 from quantcore.data import DataBundle
+from quantcore.memory import FLOAT, Footprint, training_parts
 
 
 class MethodParams(BaseModel):
@@ -35,6 +36,17 @@ class Method(ABC):
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None):
             registry.register(cls)
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """Bytes the method keeps alive at its peak on the device, by part, beside the float
+        model the caller holds (``quantcore.memory.estimate`` adds that and the evaluation).
+
+        The default is quantization-aware training with SGD and momentum at the params'
+        ``batch_size``: a working copy of the model, and a float training step of it (gradients,
+        one momentum buffer, what backward keeps). Methods whose peak differs override it."""
+        batch = int(getattr(params, "batch_size", 128))
+        return {"working model": (fp.params + fp.buffers) * FLOAT, **training_parts(fp, batch)}
 
     @abstractmethod
     def quantize(

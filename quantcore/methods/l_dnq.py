@@ -63,7 +63,7 @@ import copy
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -76,6 +76,7 @@ from quantcore.context import RunContext
 from quantcore.data import DataBundle, subset
 from quantcore.errors import InvalidModel, NothingQuantized
 from quantcore.layers import QuantConv2d, QuantLinear, WeightQuantizer
+from quantcore.memory import FLOAT, Footprint, training_parts
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
 from quantcore.surgery import find_layers, set_submodule
@@ -657,6 +658,28 @@ class LDNQ(Method):
 
     def __init__(self) -> None:
         self.layer_records: list[LayerRecord] = []
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """The student and the float teacher, then the larger of the cascade (a training step
+        of the student at ``batch_size``) and the ADMM solve of the largest layer: float64
+        (D, O) iterates and (D, D) Hessian and factor, D = fan-in + the bias row (about 16
+        D·O and 2 D² doubles at once, measured on LeNet5 with ``bench/memory.py``)."""
+        p: LDNQParams = params
+        model = (fp.params + fp.buffers) * FLOAT
+        admm = (
+            max(
+                ((16 * (layer.fan_in + 1) * layer.outputs + 2 * (layer.fan_in + 1) ** 2) * 8)
+                for layer in fp.layers
+            )
+            if fp.layers
+            else 0
+        )
+        parts = {"student": model, "teacher": model}
+        cascade = training_parts(fp, p.batch_size) if p.cascade else {}
+        if admm > sum(cascade.values()):
+            return {**parts, "ADMM": admm}
+        return {**parts, **cascade}
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: LDNQParams, ctx: RunContext

@@ -81,6 +81,7 @@ from quantcore.context import RunContext
 from quantcore.data import DataBundle
 from quantcore.errors import NothingQuantized
 from quantcore.layers import InputQuantizer, QuantAct, WeightQuantizer
+from quantcore.memory import FLOAT, Footprint, training_parts
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight, dequantize
 from quantcore.surgery import add_activation_sites, find_layers, quantize_model, select_layers
@@ -748,6 +749,21 @@ class LQNets(Method):
         "small data": SMALL_DATA_PRESET,
         "CIFAR-10 VGG-Small": CIFAR10_PRESET,
     }
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """The larger of the QAT step (the float step plus, with activations quantized, one
+        saved quantized copy of every activation the quantizers see, ≈ the ReLU outputs) and
+        the weights' encode-and-solve (≈ 8 + 20·K bytes per weight: codes, bits and the
+        per-channel systems), both measured on LeNet5 and ResNet-20 with ``bench/memory.py``."""
+        p: LQNetsParams = params
+        model = {"working model": (fp.params + fp.buffers) * FLOAT}
+        acts = fp.relu_outputs * FLOAT if p.a_bits != 32 else 0
+        step = training_parts(fp, p.batch_size, extra_per_sample=acts)
+        qem = (8 + 20 * p.w_bits) * fp.weights if p.w_bits != 32 else 0
+        if qem > sum(step.values()):
+            return {**model, "QEM encode and solve": qem}
+        return {**model, **step}
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: LQNetsParams, ctx: RunContext

@@ -92,6 +92,7 @@ from torch import Tensor, nn
 from quantcore.context import RunContext
 from quantcore.data import DataBundle
 from quantcore.layers import InputQuantizer, WeightQuantizer, quant_layers
+from quantcore.memory import FLOAT, Footprint, training_parts
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
 from quantcore.surgery import (
@@ -736,6 +737,30 @@ class QNets(Method):
         "CIFAR-10 ResNet-20": PRESETS["cifar_resnet20"],
         "small data": PRESETS["fashion_lenet5"],
     }
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """The largest of the three places the method peaks (each measured on LeNet5 and
+        ResNet-20 with ``bench/memory.py``): k-means on the largest layer's weights (float64,
+        about a dozen weight-sized temporaries), the weight phase (the float step plus the soft
+        quantizers' saved sigmoid terms, ≈ 24 B per weight), and with activations the joint
+        phase (≈ 88 B per weight, and per activation element n + ¼ saved floats for the n
+        sigmoid terms of its level set). Calibration samples are held on the host."""
+        p: QNetsParams = params
+        model = (fp.params + fp.buffers) * FLOAT
+        largest = max((layer.weight for layer in fp.layers), default=0)
+        kmeans = {"working model": model, "k-means": 100 * largest}
+        weights = {"working model": model, **training_parts(fp, p.batch_size)}
+        weights["soft weight quantizers"] = 24 * fp.weights
+        phases = [kmeans, weights]
+        if p.act_bits:
+            n = 2**p.act_bits - 1
+            per_sample = int(fp.relu_outputs * FLOAT * (n + 0.25))
+            joint = {"working model": model}
+            joint.update(training_parts(fp, p.batch_size, extra_per_sample=per_sample))
+            joint["soft weight quantizers"] = 88 * fp.weights
+            phases.append(joint)
+        return max(phases, key=lambda parts: sum(parts.values()))
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: QNetsParams, ctx: RunContext

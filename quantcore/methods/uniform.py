@@ -11,6 +11,8 @@ the research methods land, and as the reference row in the benchmarks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from quantcore.context import RunContext
 from quantcore.data import DataBundle
 from quantcore.layers import WeightQuantizer
+from quantcore.memory import FLOAT, Footprint
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
 from quantcore.surgery import quantize_model
@@ -79,6 +82,11 @@ class Uniform(Method):
     paper = "Baseline: per-channel asymmetric min-max rounding, no training"
     summary = "Rounds each weight to 2^bits evenly spaced levels per output channel."
     Params = UniformParams
+
+    @classmethod
+    def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
+        """No training: the quantized copy of the model (the evaluation after it peaks)."""
+        return {"quantized model": (fp.params + fp.buffers) * FLOAT}
 
     def quantize(
         self, model: nn.Module, data: DataBundle, params: UniformParams, ctx: RunContext

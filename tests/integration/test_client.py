@@ -24,7 +24,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.client import ApiClientError, Client, ProgressEvent, parse_sse
+from api.client import ApiClientError, Client, ProgressEvent, parse_sse, search_arm, search_target
+from api.client.args import parse_arm, parse_arm_param, parse_arm_params
 from api.client.cli import ProgressBar, parse_param
 from quantcore import evaluate, load_artifact, load_dataset
 from tests.integration.conftest import ROOT, Service, signed_in_client
@@ -342,6 +343,83 @@ def test_cli_target_search_downloads_the_winner(
 
 
 @pytest.mark.slow
+def test_cli_target_search_over_two_methods_names_the_winning_method(
+    server: Server, lenet_weights: Path
+) -> None:
+    with Client(server.url, server.token) as client:
+        model_id = client.upload_model(lenet_weights, "lenet5", 10)["id"]
+    run = _cli(
+        server,
+        "submit",
+        "--model",
+        str(model_id),
+        "--method",
+        "uniform",
+        "--dataset",
+        "digits",
+        "--search",
+        "bits=2,8",
+        "--within",
+        "50",
+        "--also-search",
+        "lq_nets:w_bits=1",
+        "--also-params",
+        'lq_nets:{"epochs": 3, "a_bits": 32}',
+        "--also-param",
+        "lq_nets:epochs=1",  # overrides the JSON's
+        "--wait",
+        "--quiet",
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    search = json.loads(run.stdout)
+    assert search["target"]["other_methods"] == [
+        {
+            "method": "lq_nets",
+            "params": {"epochs": 1, "a_bits": 32},
+            "param": "w_bits",
+            "values": [1],
+        }
+    ]
+    outcome = search["target"]["outcome"]
+    # LQ-Nets at 1 bit is smaller than uniform at 2 bits, and far within 50 points of float.
+    assert (outcome["winner_method"], outcome["winner_value"]) == ("lq_nets", 1)
+    assert [a["method"] for a in outcome["arms"]] == ["uniform", "lq_nets"]
+    with Client(server.url, server.token) as client:
+        winner = client.job(outcome["winner_job_id"])
+    assert (winner["method"], winner["params"]["w_bits"], winner["params"]["epochs"]) == (
+        "lq_nets",
+        1,
+        1,
+    )
+    shown = _cli(server, "wait", str(search["id"]), "--quiet")
+    assert shown.returncode == 0, shown.stderr
+    assert "search over uniform bits + lq_nets w_bits: found" in shown.stdout
+    assert f"winner job {outcome['winner_job_id']} (lq_nets w_bits=1)" in shown.stdout
+
+    stray = _cli(
+        server,
+        "submit",
+        "--model",
+        str(model_id),
+        "--method",
+        "uniform",
+        "--dataset",
+        "digits",
+        "--search",
+        "bits=2,4",
+        "--within",
+        "1",
+        "--also-search",
+        "lq_nets:w_bits=1,2",
+        "--also-param",
+        "alq:i_max=2",
+    )
+    assert stray.returncode == 2
+    assert "alq, which no --also-search names" in stray.stderr
+
+
+@pytest.mark.slow
 def test_errors_carry_the_servers_status_code_and_message(server: Server, tmp_path: Path) -> None:
     with Client(server.url, "qs_not-a-real-token") as client, pytest.raises(ApiClientError) as err:
         client.jobs()
@@ -470,6 +548,41 @@ def test_params_from_the_command_line() -> None:
     for bad in ("bits", "=4"):
         with pytest.raises(Exception, match="KEY=VALUE"):
             parse_param(bad)
+
+
+def test_a_search_over_several_methods_from_python_and_the_command_line() -> None:
+    lq_nets = search_arm("lq_nets", "w_bits", range(1, 5), params={"epochs": 15})
+    assert search_target("bits", [2, 4], under=9000, parallel=3, also=[lq_nets]) == {
+        "goal": "most_accurate_under",
+        "limit": 9000,
+        "param": "bits",
+        "values": [2, 4],
+        "parallel": 3,
+        "other_methods": [
+            {
+                "method": "lq_nets",
+                "params": {"epochs": 15},
+                "param": "w_bits",
+                "values": [1, 2, 3, 4],
+            }
+        ],
+    }
+    assert "other_methods" not in search_target("bits", [2, 4], within=1)  # as it always was
+    with pytest.raises(ValueError, match="exactly one of within"):
+        search_target("bits", [2], within=1, under=10)
+    assert parse_arm("lq_nets:w_bits=1,2,32") == ("lq_nets", "w_bits", [1, 2, 32])
+    assert parse_arm("qnets:weight_levels=binary,pm2") == (
+        "qnets",
+        "weight_levels",
+        ["binary", "pm2"],
+    )
+    assert parse_arm_param("lq_nets:lr=1e-3") == ("lq_nets", {"lr": 0.001})
+    assert parse_arm_params('alq:{"i_max": 2}') == ("alq", {"i_max": 2})
+    for bad in ("w_bits=1,2", ":w_bits=1", "lq_nets:", "lq_nets:w_bits"):
+        with pytest.raises(Exception, match="METHOD:PARAM=V1,V2"):
+            parse_arm(bad)
+    with pytest.raises(Exception, match="expected a JSON object"):
+        parse_arm_params("alq:[1]")
 
 
 def test_the_client_runs_from_a_copy_with_httpx_and_the_standard_library(tmp_path: Path) -> None:

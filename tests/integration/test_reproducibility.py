@@ -86,3 +86,39 @@ def test_a_rerun_reproduces_the_result_and_the_artifact(
     other = signed_in_client(production.client.app, "repro-mallory")
     refused = other.post(f"/api/v1/jobs/{first['id']}/rerun")
     assert refused.status_code == 404
+
+
+def test_a_job_can_ask_for_deterministic_algorithms_and_its_rerun_keeps_them(
+    production: Service, lenet_weights: Path
+) -> None:
+    """A training method under torch.use_deterministic_algorithms: it runs (every kernel it
+    uses has a deterministic version), says so in its provenance, and its re-run, deterministic
+    too, gives the same numbers."""
+    with open(lenet_weights, "rb") as f:
+        model = production.client.post(
+            "/api/v1/models",
+            data={"arch": "lenet5", "num_classes": "10"},
+            files={"file": ("lenet5.safetensors", f)},
+        ).json()
+    body = {
+        "model_id": model["id"],
+        "method": "lq_nets",
+        "dataset": "digits",
+        "params": {"w_bits": 2, "a_bits": 2, "epochs": 1, "batch_size": 64},
+        "seed": 5,
+        "deterministic": True,
+    }
+    made = production.client.post("/api/v1/jobs", json=body)
+    assert made.status_code == 202, made.text
+    assert made.json()["deterministic"] is True
+    first = production.wait_for(made.json()["id"], {"succeeded", "failed"})
+    assert first["status"] == "succeeded", first["error_message"]
+    again = production.client.post(f"/api/v1/jobs/{first['id']}/rerun").json()
+    assert again["deterministic"] is True
+    second = production.wait_for(again["id"], {"succeeded", "failed"})
+    assert second["status"] == "succeeded", second["error_message"]
+    a = production.client.get(f"/api/v1/jobs/{first['id']}/result").json()
+    b = production.client.get(f"/api/v1/jobs/{second['id']}/result").json()
+    assert a["provenance"]["deterministic"] is True
+    for key in ("top1", "top5", "artifact_top1", "layers"):
+        assert a[key] == b[key], key

@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.targets import Outcome, Target, answer, exhaustive, next_values, pareto
+from api.targets import (
+    Outcome,
+    Pick,
+    Target,
+    answer,
+    exhaustive,
+    exhaustive_arms,
+    next_round,
+    next_values,
+    pareto,
+    winner,
+)
 
 
 def _search(target: Target, outcomes: list[Outcome], parallel: int) -> tuple[int | None, int]:
@@ -91,3 +102,100 @@ def test_the_pareto_front_drops_dominated_results() -> None:
         "e": Outcome(89.0, 90.0, 500),
     }
     assert pareto(results.items()) == ["a", "c", "e"]
+
+
+# --- several methods at once -----------------------------------------------------------------
+
+
+def _search_arms(
+    target: Target, arms: list[list[Outcome]], parallel: int
+) -> tuple[Pick | None, int]:
+    """A search over several arms as the service runs it: (the winner, rounds run)."""
+    known: list[dict[int, Outcome]] = [{} for _ in arms]
+    rounds = 0
+    while batch := next_round(target, [len(a) for a in arms], known, parallel):
+        assert len(batch) <= parallel
+        assert len(set(batch)) == len(batch)
+        for a, i in batch:
+            assert i not in known[a], "a value is never run twice"
+            known[a][i] = arms[a][i]
+        rounds += 1
+    found, per_arm = winner(target, [len(a) for a in arms], known)
+    assert per_arm == [answer(target, len(a), k) for a, k in zip(arms, known, strict=True)]
+    return found, rounds
+
+
+def _round_bound(arms: list[list[Outcome]], parallel: int) -> int:
+    """Every arm that gets a slot in a round shrinks like a bisection at least, and when there
+    are at least as many slots as arms every arm with work gets one each round."""
+    alone = [math.ceil(math.log2(len(a) + 1)) + 1 for a in arms]
+    return max(alone) if parallel >= len(arms) else sum(alone)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(sweeps(strict=False), min_size=1, max_size=4), st.floats(0, 60), st.integers(1, 8))
+def test_a_search_over_several_methods_finds_the_smallest_of_all_that_are_within(
+    arms: list[list[Outcome]], drop: float, parallel: int
+) -> None:
+    target = Target("smallest_within", drop)
+    found, rounds = _search_arms(target, arms, parallel)
+    assert found == exhaustive_arms(target, arms)
+    assert rounds <= _round_bound(arms, parallel)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(sweeps(strict=True), min_size=1, max_size=4),
+    st.integers(0, 400_000),
+    st.integers(1, 8),
+)
+def test_a_search_over_several_methods_finds_the_most_accurate_of_all_that_fit(
+    arms: list[list[Outcome]], budget: int, parallel: int
+) -> None:
+    target = Target("most_accurate_under", budget)
+    found, rounds = _search_arms(target, arms, parallel)
+    assert found == exhaustive_arms(target, arms)
+    assert rounds <= _round_bound(arms, parallel)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sweeps(strict=False), st.floats(0, 60), st.integers(1, 8), st.data())
+def test_one_arm_plans_exactly_the_single_method_rounds(
+    outcomes: list[Outcome], drop: float, parallel: int, data: st.DataObject
+) -> None:
+    target = Target("smallest_within", drop)
+    run = data.draw(st.sets(st.integers(0, len(outcomes) - 1)))
+    known = {i: outcomes[i] for i in run}
+    planned = next_round(target, [len(outcomes)], [known], parallel)
+    assert planned == [(0, i) for i in next_values(target, len(outcomes), known, parallel)]
+
+
+def test_the_slots_of_a_round_are_shared_among_the_methods_with_work() -> None:
+    target = Target("smallest_within", 1.0)
+    assert [a for a, _ in next_round(target, [8, 8], [{}, {}], 4)] == [0, 0, 1, 1]
+    # An odd slot goes to the method with more values left open; a method never gets more
+    # slots than it has open values, and the rest go to the others.
+    assert [a for a, _ in next_round(target, [2, 8], [{}, {}], 3)] == [0, 1, 1]
+    assert [a for a, _ in next_round(target, [1, 8], [{}, {}], 4)] == [0, 1, 1, 1]
+    # With fewer slots than methods the methods take turns, round after round.
+    ok, off = Outcome(90.0, 90.0, 10), Outcome(10.0, 90.0, 10)
+    assert next_round(target, [4, 4], [{}, {}], 1) == [(0, 2)]
+    assert next_round(target, [4, 4], [{2: ok}, {}], 1) == [(1, 2)]
+    # A method whose answer is known gets nothing: all the slots go to the one still searching.
+    done = {0: ok}
+    assert next_round(target, [4, 8], [done, {}], 3) == [(1, 2), (1, 4), (1, 6)]
+    assert next_round(target, [4, 1], [done, {0: off}], 3) == []
+
+
+def test_the_winner_is_the_best_of_each_methods_answer() -> None:
+    float_top1 = 90.0
+    uniform = [Outcome(t, float_top1, 1000 * (b + 1)) for b, t in enumerate([10, 60, 89.5, 90])]
+    lq_nets = [Outcome(t, float_top1, 900 * (b + 1)) for b, t in enumerate([70, 89.2, 90])]
+    within = Target("smallest_within", 1.0)
+    found, _ = _search_arms(within, [uniform, lq_nets], 2)
+    assert found == (1, 1)  # lq_nets at 1800 bytes beats uniform at 3000
+    under = Target("most_accurate_under", 3000)
+    assert _search_arms(under, [uniform, lq_nets], 2)[0] == (1, 2)  # 90.0 at 2700 bytes
+    tie = [Outcome(89.5, float_top1, 1800)]  # as small as lq_nets' answer, more accurate
+    assert _search_arms(within, [uniform, lq_nets, tie], 2)[0] == (2, 0)
+    assert exhaustive_arms(Target("smallest_within", 0.01), [uniform[:2], lq_nets[:1]]) is None

@@ -1,0 +1,282 @@
+"""Peak memory of a quantization job: an estimate made before it runs, and a meter while it runs.
+
+The quantity both sides talk about is the **tensor peak on the job's device**: the most bytes of
+tensor storage alive at once while the job runs (what ``torch.cuda.max_memory_allocated`` reports
+on a GPU). The float model's weights count; host-side data sets, Python objects and the CUDA
+context do not.
+
+- :func:`footprint` reads a model's shapes from one forward pass on the ``meta`` device (no
+  memory, no compute): parameter count, every leaf module's output size per sample, and each
+  conv/linear layer's sizes.
+- :func:`estimate` adds up what a job keeps alive at its peak: the float weights, the method's
+  working copy, gradients, optimizer state, the activations a training step saves for backward,
+  and the method's own extras (each method's ``memory_parts``), from the footprint, the method's
+  params and the batch size. It returns the parts, so a refusal can say where the memory goes,
+  and :func:`largest_batch` inverts it to suggest a batch that fits.
+- :class:`TensorPeakMeter` measures the same quantity on the CPU, where PyTorch keeps no
+  allocator statistics: a dispatch mode that sees every tensor an operator creates and follows
+  its storage until it is freed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+FLOAT = 4  # bytes of a float32 element
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A conv or linear layer: its weight and the tensors around it, per sample."""
+
+    name: str
+    weight: int  # elements of the weight
+    fan_in: int  # inputs of one output unit (C·k·k for a conv), bias row not counted
+    outputs: int  # output channels / features
+    input: int  # elements of the layer's input for one sample
+    output: int  # elements of its output for one sample
+    positions: int  # output positions per sample (1 for linear): the rows of its unfolded input
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A model's sizes, read from passes on a meta copy of it (shapes without data).
+
+    :meth:`train_step` and :meth:`evaluation` give the tensor peak of one float training step
+    (forward, cross-entropy, backward, an SGD-with-momentum step: gradients and momentum
+    included) and of one evaluation forward at a batch size, measured on the meta copy at that
+    batch (the peak is not linear in the batch: small batches peak in the optimizer step,
+    large ones in backward)."""
+
+    params: int
+    buffers: int
+    input: int  # elements of one input sample
+    activations: int  # Σ over leaf modules of their output elements, one sample
+    relu_outputs: int  # Σ over ReLU outputs (where activation quantizers sit), one sample
+    layers: tuple[LayerShape, ...]
+    meta: nn.Module = field(repr=False, compare=False)
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def weights(self) -> int:
+        return sum(layer.weight for layer in self.layers)
+
+    def train_step(self, batch: int) -> int:
+        return _meta_peak(self.meta, self.input_shape, batch, train=True)
+
+    def evaluation(self, batch: int) -> int:
+        return _meta_peak(self.meta, self.input_shape, batch, train=False)
+
+
+def footprint(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
+    """Sizes of ``model`` for inputs of ``input_shape`` (C, H, W) or (features,).
+
+    Everything runs on a ``meta`` copy: shapes and storages without data, so nothing is computed
+    and no memory is used; :class:`TensorPeakMeter` counts the meta storages."""
+    meta = copy.deepcopy(model).to("meta")
+    outputs: dict[str, int] = {}
+    inputs: dict[str, int] = {}
+    relus = 0
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def record(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            nonlocal relus
+            if isinstance(out, torch.Tensor):
+                outputs[name] = outputs.get(name, 0) + out.numel()
+                if isinstance(module, nn.ReLU):
+                    relus += out.numel()
+            if args and isinstance(args[0], torch.Tensor):
+                inputs[name] = args[0].numel()
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(name))
+        for name, m in meta.named_modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            meta.eval()(torch.empty(1, *input_shape, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = []
+    for name, m in meta.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and name in outputs:
+            out_ch = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            layers.append(
+                LayerShape(
+                    name=name,
+                    weight=m.weight.numel(),
+                    fan_in=m.weight[0].numel(),
+                    outputs=out_ch,
+                    input=inputs.get(name, 0),
+                    output=outputs[name],
+                    positions=max(outputs[name] // out_ch, 1),
+                )
+            )
+    return Footprint(
+        params=sum(p.numel() for p in meta.parameters()),
+        buffers=sum(b.numel() for b in meta.buffers() if b.is_floating_point()),
+        input=math.prod(input_shape),
+        activations=sum(outputs.values()),
+        relu_outputs=relus,
+        layers=tuple(layers),
+        meta=meta,
+        input_shape=tuple(input_shape),
+    )
+
+
+@lru_cache(maxsize=256)
+def _meta_peak(model: nn.Module, input_shape: tuple[int, ...], batch: int, *, train: bool) -> int:
+    """Tensor peak of one float training step (or evaluation forward) of a meta model."""
+    x = torch.empty(batch, *input_shape, device="meta")
+    with TensorPeakMeter(device_type="meta") as meter:
+        if train:
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            logits = model(x)
+            target = torch.zeros(logits.shape[0], dtype=torch.long, device="meta")
+            nn.functional.cross_entropy(logits, target).backward()
+            opt.step()
+            del opt, logits
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(x)
+    model.zero_grad(set_to_none=True)
+    return meter.peak
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a job needs at its peak on its device, by part."""
+
+    parts: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "parts": dict(self.parts)}
+
+
+def training_parts(
+    fp: Footprint,
+    batch: int,
+    *,
+    optimizer_states: int = 1,
+    trained: int | None = None,
+    extra_per_sample: int = 0,
+) -> dict[str, int]:
+    """The parts of a training step of the model at ``batch``: the float step measured on the
+    meta device (gradients, one momentum buffer, what backward keeps), corrected for an
+    optimizer with another number of parameter-sized states (SGD with momentum 1, Adam 2,
+    AMSGrad 3) or fewer ``trained`` parameters, plus ``extra_per_sample`` bytes a method's own
+    modules keep per sample (activation quantizers, say)."""
+    trained = fp.params if trained is None else trained
+    return {
+        "training step": fp.train_step(batch) + (trained - fp.params) * 2 * FLOAT,
+        "optimizer state": (optimizer_states - 1) * trained * FLOAT,
+        "method activations": extra_per_sample * batch,
+    }
+
+
+def estimate(
+    fp: Footprint, method: Any, params: Any, batch_size: int, *, eval_batch: int | None = None
+) -> Estimate:
+    """The peak of a whole job: the float model (kept for the before/after comparison) plus the
+    larger of the method's peak (``method.memory_parts``) and an evaluation at the job's batch
+    size with a second copy of the model (the quantized one, or the reloaded artifact)."""
+    eval_batch = batch_size if eval_batch is None else eval_batch
+    model = (fp.params + fp.buffers) * FLOAT
+    work = {k: int(v) for k, v in method.memory_parts(fp, params).items() if v}
+    evaluation = {"quantized model": model, "evaluation": fp.evaluation(eval_batch)}
+    peak = work if sum(work.values()) >= sum(evaluation.values()) else evaluation
+    return Estimate({"float model": model, **peak})
+
+
+def largest_batch(fits: Callable[[int], bool], start: int) -> int | None:
+    """The largest batch size ≤ ``start`` for which ``fits(batch)`` holds (halving, then a
+    bisection between the last failure and success), or None when even 1 does not fit."""
+    if not fits(1):
+        return None
+    low, high = 1, start
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+class TensorPeakMeter(TorchDispatchMode):
+    """The most bytes of tensor storage alive at once while the mode is active, on one device
+    type, counting only storages created inside it plus ``baseline`` bytes given by the caller.
+
+    Each tensor an operator returns is followed through its storage (views share one; an
+    in-place op creates none); the bytes are subtracted when the storage is freed. Tensors
+    created outside operators (``torch.from_numpy``, loaded files) are not seen: pass what
+    already exists as ``baseline``. Use as a context manager; thread-safe counters."""
+
+    def __init__(self, device_type: str = "cpu", baseline: int = 0) -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.live = baseline
+        self.peak = baseline
+        self._seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in _tensors(out):
+            if t.device.type != self.device_type:
+                continue
+            storage = t.untyped_storage()
+            size = storage.nbytes()
+            with self._lock:
+                if storage in self._seen or size == 0:
+                    continue
+                self._seen[storage] = size
+                self.live += size
+                self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, size)
+        return out
+
+    def _free(self, size: int) -> None:
+        with self._lock:
+            self.live -= size
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def module_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (what exists before a job's operators run)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,150 @@
+"""quantcore.memory: the meta-device footprint equals what really runs, the CPU peak meter
+counts what is alive, and each method's estimate is within 25 % of the peak it really reaches."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import quantcore
+from quantcore.data import DataBundle
+from quantcore.data.tensors import TensorImageDataset
+from quantcore.memory import (
+    TensorPeakMeter,
+    estimate,
+    footprint,
+    largest_batch,
+    module_bytes,
+)
+from quantcore.training import evaluate
+
+SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "vgg_small": (3, 32, 32)}
+
+
+def _made(n: int) -> torch.Tensor:
+    t = torch.ones(n)
+    t.mul_(2)  # in place: no new storage
+    t.view(-1)[: n // 2 + 1].fill_(3)  # in place on a view: none either
+    return t
+
+
+def test_the_meter_follows_storages_through_views_in_place_ops_and_frees() -> None:
+    rng = random.Random()
+    live: dict[int, torch.Tensor] = {}
+    expected_live = expected_peak = 0
+    with TensorPeakMeter() as meter:
+        for step in range(60):
+            if live and rng.random() < 0.4:
+                key = rng.choice(list(live))
+                expected_live -= live.pop(key).numel() * 4
+            else:
+                n = rng.randint(1, 5000)
+                live[step] = _made(n)
+                expected_live += n * 4
+            expected_peak = max(expected_peak, expected_live)
+            assert meter.live == expected_live
+    assert meter.peak == expected_peak
+    live.clear()
+    assert meter.live == 0
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_the_footprint_on_the_meta_device_equals_the_cpu_peak(arch: str) -> None:
+    shape = SHAPES[arch]
+    model = quantcore.build(arch, num_classes=10, in_channels=shape[0])
+    fp = footprint(model, shape)
+    assert fp.params == sum(p.numel() for p in model.parameters())
+    assert fp.weights == sum(
+        m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
+    batch = random.randint(2, 40)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    with TensorPeakMeter() as meter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    assert meter.peak == pytest.approx(fp.train_step(batch), rel=0.01)
+    model.eval()
+    with TensorPeakMeter() as meter, torch.no_grad():
+        model(x)
+    assert meter.peak == pytest.approx(fp.evaluation(batch), rel=0.01)
+
+
+def test_largest_batch_finds_the_threshold() -> None:
+    for _ in range(50):
+        start = random.randint(1, 5000)
+        threshold = random.randint(0, start + 10)
+        found = largest_batch(lambda b, t=threshold: b <= t, start)
+        assert found == (None if threshold == 0 else min(threshold, start))
+
+
+SHORT = {
+    "uniform": {"bits": 4},
+    "lq_nets": {"w_bits": 2, "a_bits": 2, "epochs": 1},
+    "qnets": {"epochs": 1, "act_epochs": 1, "joint_epochs": 1, "act_bits": 2},
+    "alq": {
+        "outer_iterations": 1,
+        "epochs_basis": 1,
+        "epochs_coord": 1,
+        "epochs_prune": 1,
+        "posttrain_ste_epochs": 1,
+        "posttrain_coord_epochs": 1,
+    },
+    "l_dnq": {"data_ratio": 1.0, "cascade_max_epochs": 2, "hessian_num_batches": 11},
+}
+
+
+def _random_bundle(shape: tuple[int, ...], n: int) -> DataBundle:
+    def split() -> TensorImageDataset:
+        images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
+        return TensorImageDataset(
+            images, torch.randint(0, 10, (n,)), mean=(0.5,) * shape[0], std=(0.25,) * shape[0]
+        )
+
+    return DataBundle("random", split(), split(), 10, shape[0], shape[1:], (0.5,), (0.25,))
+
+
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_each_methods_estimate_is_within_a_quarter_of_its_measured_peak(name: str) -> None:
+    """What the job runs on its device (evaluate, quantize, evaluate) on LeNet5, at a random
+    training batch: the estimate admission uses against the tensor peak the worker records."""
+    shape = SHAPES["lenet5"]
+    model = quantcore.build("lenet5", num_classes=10, in_channels=1)
+    method = quantcore.get_method(name)
+    overrides = dict(SHORT[name])
+    batch = random.choice([32, 64, 96, 128, 200, 256])
+    if "batch_size" in method.Params.model_fields:
+        overrides["batch_size"] = batch
+    params = quantcore.parse_params(name, overrides)
+    guess = estimate(footprint(model, shape), method, params, 128)
+    assert guess.total == sum(guess.parts.values())
+    data = _random_bundle(shape, 256)
+    _, val = data.loaders(128)
+    ctx = quantcore.RunContext(seed=0)
+    with TensorPeakMeter(baseline=module_bytes(model)) as meter:
+        evaluate(model, val, ctx)
+        evaluate(method.quantize(model, data, params, ctx), val, ctx)
+    assert 0.75 <= guess.total / meter.peak <= 1.25, (batch, guess.parts, meter.peak)
+
+
+@pytest.mark.parametrize("name", ["uniform", "lq_nets", "qnets", "alq", "l_dnq"])
+def test_estimates_grow_with_the_batch(name: str) -> None:
+    model = quantcore.build("resnet20", num_classes=10)
+    fp = footprint(model, SHAPES["resnet20"])
+    method = quantcore.get_method(name)
+    small, large = sorted(random.sample(range(1, 512), 2))
+
+    def at(batch: int) -> int:
+        overrides = dict(SHORT[name])
+        if "batch_size" in method.Params.model_fields:
+            overrides["batch_size"] = batch
+        return estimate(fp, method, quantcore.parse_params(name, overrides), batch).total
+
+    assert at(small) <= at(large)
