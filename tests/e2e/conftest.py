@@ -23,7 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
 
 from tests.integration.conftest import lenet_weights  # noqa: F401 (a fixture, used by name)
 from worker.__main__ import worker_command
@@ -32,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("QS_E2E_CHROMIUM", "/usr/bin/chromium"))
 DIST = ROOT / "frontend" / "dist"
 USER, PASSWORD = "e2e-user", "e2e-" + secrets.token_urlsafe(12)
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
 
 @dataclass

@@ -1,5 +1,5 @@
 // Compare jobs on one model: a table, and accuracy against size with the float model and the
-// Pareto front.
+// Pareto front. A search's page links here with its children's ids.
 import type { ChartConfiguration } from "chart.js";
 import { useEffect, useMemo } from "preact/hooks";
 import { api, call, type JobPublic } from "../api/client";
@@ -12,12 +12,12 @@ import { paretoFront } from "./pareto";
 // One colour per job (the first is the job page's blue); the float model is orange.
 const JOB_COLOURS = ["#1f5fbf", "#7c3aed", "#0891b2", "#a16207", "#db2777", "#4b5563"];
 
-function scatterConfig(jobs: JobPublic[]): ChartConfiguration {
+function scatterConfig(jobs: JobPublic[], labelOf: (j: JobPublic) => string): ChartConfiguration {
   const done = jobs.filter((j) => j.result);
   const points = done.map((j) => ({
     x: j.result!.file_bytes / 1024,
     y: j.result!.top1,
-    label: `job ${j.id} (${j.method})`,
+    label: labelOf(j),
   }));
   const first = done[0]?.result;
   const float = first
@@ -107,12 +107,18 @@ export function ComparePage({ query }: { query: URLSearchParams }) {
     const timer = setTimeout(jobs.reload, 2000);
     return () => clearTimeout(timer);
   }, [jobs.data]);
-  const config = useMemo(() => scatterConfig(chosen), [jobs.data, query.get("jobs")]);
   const defaults = (method: string): Record<string, unknown> => {
     const schema = methods.data?.find((m) => m.name === method)?.params_schema;
     const props = (schema?.["properties"] ?? {}) as Record<string, { default?: unknown }>;
     return Object.fromEntries(Object.entries(props).map(([k, p]) => [k, p.default]));
   };
+  // The settings tell apart the points of one method (a search's children differ only there).
+  const labelOf = (j: JobPublic) =>
+    `job ${j.id} (${j.method}: ${summary(j.params, defaults(j.method))})`;
+  const config = useMemo(
+    () => scatterConfig(chosen, labelOf),
+    [jobs.data, methods.data, query.get("jobs")],
+  );
 
   const go = (model: string, jobIds: number[]) =>
     navigate(`/compare?model=${model}${jobIds.length ? `&jobs=${jobIds.join(",")}` : ""}`, true);
@@ -155,6 +161,7 @@ export function ComparePage({ query }: { query: URLSearchParams }) {
                   }
                 />{" "}
                 job {j.id} · {j.method} · {j.status}
+                {j.target ? " · search" : j.parent_id != null ? ` · of search ${j.parent_id}` : ""}
               </label>
             ))}
           </fieldset>

@@ -2,7 +2,7 @@
 // ranges and choices all come from the server): a new method needs no UI code.
 import type { FieldProblem } from "../api/client";
 
-interface Prop {
+export interface Prop {
   type?: string;
   enum?: unknown[];
   anyOf?: Prop[];
@@ -19,7 +19,7 @@ interface Prop {
 /** What the inputs hold: text for numbers, lists and choices; booleans for checkboxes. */
 export type Draft = Record<string, string | boolean>;
 
-interface Field {
+export interface Field {
   name: string;
   prop: Prop; // the non-null alternative of an ``anyOf [..., null]``
   nullable: boolean;
@@ -148,12 +148,15 @@ export function ParamsForm({
   onChange,
   problems,
   idPrefix,
+  searched,
 }: {
   schema: Record<string, unknown>;
   draft: Draft;
   onChange: (draft: Draft) => void;
   problems: FieldProblem[];
   idPrefix: string;
+  /** A param an accuracy-target search varies: its input is off (the search's values win). */
+  searched?: string;
 }) {
   const set = (name: string, value: string | boolean) => onChange({ ...draft, [name]: value });
   return (
@@ -169,6 +172,7 @@ export function ParamsForm({
           name: f.name,
           "aria-describedby": describedBy,
           "aria-invalid": problem ? true : undefined,
+          disabled: f.name === searched,
         };
         const label = f.prop.title ?? f.name;
         let input;
@@ -224,7 +228,7 @@ export function ParamsForm({
             </label>
             {input}
             <small id={`${id}-help`} class="help">
-              {helpText(f)}
+              {f.name === searched ? "Searched: the target's values replace it." : helpText(f)}
             </small>
             {problem && (
               <small id={`${id}-error`} class="error" role="alert">

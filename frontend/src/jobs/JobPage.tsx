@@ -1,4 +1,5 @@
-// One job: live stage and progress, training curves, before/after, per-layer table, downloads.
+// One job: live stage and progress, training curves, before/after, per-layer table, downloads;
+// or, for an accuracy-target search, its spec, children and outcome (SearchBody).
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { api, call, type JobPublic, type ResultPublic } from "../api/client";
 import { ChartCanvas } from "../components/ChartCanvas";
@@ -10,10 +11,12 @@ import {
   StatusBadge,
   useLoad,
 } from "../components/ui";
-import { bytes, date, percent, seconds, shortHash } from "../lib/format";
+import { bytes, date, memoryText, percent, seconds, shortHash } from "../lib/format";
 import { navigate } from "../lib/router";
 import { bitsConfig, curvesConfig } from "./charts";
 import { useJobEvents } from "./events";
+import { SearchBody } from "./SearchBody";
+import { searchOf } from "./target";
 
 interface Layer {
   name: string;
@@ -196,94 +199,19 @@ function Downloads({ job }: { job: JobPublic }) {
   );
 }
 
-export function JobPage({ id }: { id: number }) {
-  const job = useLoad(
-    () => call(api.GET("/api/v1/jobs/{job_id}", { params: { path: { job_id: id } } })),
-    [id],
-  );
-  const stream = useJobEvents(id, job.reload);
-  const [actionError, setActionError] = useState<unknown>();
+/** An ordinary job's body: live progress, result, curves, layers, speed, downloads. */
+function RunBody({ j, reload }: { j: JobPublic; reload: () => void }) {
+  const stream = useJobEvents(j.id, reload);
   const curves = useMemo(() => curvesConfig(stream.epochs), [stream.epochs]);
-  const j = job.data;
   const started = stream.latest !== null;
   useEffect(() => {
-    if (started && j?.status === "queued") job.reload(); // a worker took it: status, device
+    if (started && j.status === "queued") reload(); // a worker took it: status, device
   }, [started]);
-
-  async function cancel() {
-    setActionError(undefined);
-    try {
-      await call(api.POST("/api/v1/jobs/{job_id}/cancel", { params: { path: { job_id: id } } }));
-      job.reload();
-    } catch (err) {
-      setActionError(err);
-    }
-  }
-
-  async function rerun() {
-    setActionError(undefined);
-    try {
-      const again = await call(
-        api.POST("/api/v1/jobs/{job_id}/rerun", { params: { path: { job_id: id } } }),
-      );
-      navigate(`/jobs/${again.id}`);
-    } catch (err) {
-      setActionError(err);
-    }
-  }
-
-  async function remove() {
-    if (!confirm(`Delete job ${id} and its artifacts?`)) return;
-    try {
-      await call(api.DELETE("/api/v1/jobs/{job_id}", { params: { path: { job_id: id } } }));
-      navigate("/jobs");
-    } catch (err) {
-      setActionError(err);
-    }
-  }
-
-  if (job.error) return <ErrorMessage error={job.error} />;
-  if (!j) return <p class="loading">Loading job {id}…</p>;
   const finished = FINISHED.has(j.status);
   const stage = stream.latest?.stage ?? j.stage;
   const fraction = j.status === "succeeded" ? 1 : (stream.latest?.fraction ?? j.progress);
-
   return (
     <>
-      <div class="title-row">
-        <h1>
-          Job {j.id} <StatusBadge status={j.status} />
-        </h1>
-        <div class="actions">
-          {!finished && (
-            <button type="button" class="danger" onClick={cancel} disabled={j.cancel_requested}>
-              {j.cancel_requested ? "Cancelling…" : "Cancel job"}
-            </button>
-          )}
-          {finished && (
-            <button type="button" class="secondary" onClick={rerun}>
-              Re-run
-            </button>
-          )}
-          {finished && (
-            <button type="button" class="danger" onClick={remove}>
-              Delete job
-            </button>
-          )}
-          <a class="button secondary" href={`/compare?model=${j.model_id}&jobs=${j.id}`}>
-            Compare…
-          </a>
-        </div>
-      </div>
-      <p class="meta">
-        <a href={`/jobs?model=${j.model_id}`}>model {j.model_id}</a> · <code>{j.method}</code> ·{" "}
-        {j.dataset_id != null ? `upload ${j.dataset_id}` : j.dataset} · created {date(j.created_at)}
-        {j.device && ` · ${j.device}`}
-        {j.wall_time_s != null && ` · ${seconds(j.wall_time_s)}`}
-        {j.peak_memory_bytes != null && ` · peak ${bytes(j.peak_memory_bytes)}`}
-        {j.attempts > 1 && ` · attempt ${j.attempts}`}
-      </p>
-      <ErrorMessage error={actionError} />
       <Section title="Progress">
         <p class="stage" data-testid="stage">
           {j.status === "queued" && !stage ? "waiting for a worker" : (stage ?? "—")}
@@ -322,6 +250,114 @@ export function JobPage({ id }: { id: number }) {
           batch size {j.batch_size}, seed {j.seed}
         </p>
       </Section>
+    </>
+  );
+}
+
+export function JobPage({ id }: { id: number }) {
+  const job = useLoad(
+    () => call(api.GET("/api/v1/jobs/{job_id}", { params: { path: { job_id: id } } })),
+    [id],
+  );
+  const [actionError, setActionError] = useState<unknown>();
+  const j = job.data;
+  const search = useMemo(() => (j ? searchOf(j) : null), [j]);
+
+  async function cancel() {
+    setActionError(undefined);
+    try {
+      await call(api.POST("/api/v1/jobs/{job_id}/cancel", { params: { path: { job_id: id } } }));
+      job.reload();
+    } catch (err) {
+      setActionError(err);
+    }
+  }
+
+  async function rerun() {
+    setActionError(undefined);
+    try {
+      const again = await call(
+        api.POST("/api/v1/jobs/{job_id}/rerun", { params: { path: { job_id: id } } }),
+      );
+      navigate(`/jobs/${again.id}`);
+    } catch (err) {
+      setActionError(err);
+    }
+  }
+
+  async function remove() {
+    const what = search ? `search job ${id} and all its child jobs` : `job ${id}`;
+    if (!confirm(`Delete ${what} and their artifacts?`)) return;
+    try {
+      await call(api.DELETE("/api/v1/jobs/{job_id}", { params: { path: { job_id: id } } }));
+      navigate("/jobs");
+    } catch (err) {
+      setActionError(err);
+    }
+  }
+
+  if (job.error) return <ErrorMessage error={job.error} />;
+  if (!j) return <p class="loading">Loading job {id}…</p>;
+  const finished = FINISHED.has(j.status);
+  const memory = memoryText(j.memory_estimate_bytes, j.peak_memory_bytes);
+  const methods = search ? [...new Set(search.arms.map((a) => a.method))] : [j.method];
+
+  return (
+    <>
+      <div class="title-row">
+        <h1>
+          {search ? "Search" : "Job"} {j.id} <StatusBadge status={j.status} />
+        </h1>
+        <div class="actions">
+          {!finished && (
+            <button type="button" class="danger" onClick={cancel} disabled={j.cancel_requested}>
+              {j.cancel_requested ? "Cancelling…" : search ? "Cancel search" : "Cancel job"}
+            </button>
+          )}
+          {/* A re-run repeats one job; a search is started again from the new-job form. */}
+          {finished && !search && (
+            <button type="button" class="secondary" onClick={rerun}>
+              Re-run
+            </button>
+          )}
+          {finished && (
+            <button type="button" class="danger" onClick={remove}>
+              {search ? "Delete search" : "Delete job"}
+            </button>
+          )}
+          {!search && (
+            <a class="button secondary" href={`/compare?model=${j.model_id}&jobs=${j.id}`}>
+              Compare…
+            </a>
+          )}
+        </div>
+      </div>
+      <p class="meta">
+        {search && "Accuracy-target search · "}
+        <a href={`/jobs?model=${j.model_id}`}>model {j.model_id}</a> ·{" "}
+        <code>{methods.join(", ")}</code> ·{" "}
+        {j.dataset_id != null ? `upload ${j.dataset_id}` : j.dataset} · created {date(j.created_at)}
+        {j.device && ` · ${j.device}`}
+        {j.wall_time_s != null && ` · ${seconds(j.wall_time_s)}`}
+        {j.attempts > 1 && ` · attempt ${j.attempts}`}
+        {j.parent_id != null && (
+          <>
+            {" "}
+            · part of <a href={`/jobs/${j.parent_id}`}>search {j.parent_id}</a>
+          </>
+        )}
+      </p>
+      {memory && (
+        <p class="meta" data-testid="memory">
+          {memory}
+        </p>
+      )}
+      <ErrorMessage error={actionError} />
+      {search ? (
+        <SearchBody j={j} search={search} reload={job.reload} />
+      ) : (
+        <RunBody j={j} reload={job.reload} />
+      )}
     </>
   );
 }

@@ -1,22 +1,30 @@
 // A new job: model, dataset and method(s), with each method's form drawn from its JSON schema.
 // "Compare methods" launches one job per chosen method on the same model, data, seed and batch.
+// "Accuracy target" launches one search job: child jobs try the values of a method's size knob
+// (and optionally of other methods' knobs) and the search reports the winner.
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiFailure, call, type FieldProblem, type MethodPublic } from "../api/client";
 import { type Draft, draftOf, FieldError, paramsOf, ParamsForm } from "../components/ParamsForm";
 import { ErrorMessage, Section, useLoad } from "../components/ui";
 import { navigate } from "../lib/router";
 import { presetsFor } from "./presets";
+import { type ArmDraft, armDraft, buildTarget, placeProblems } from "./target";
+import { NEW_TARGET, TargetFields, type TargetDraft } from "./TargetForm";
+
+type Mode = "one" | "compare" | "target";
 
 function MethodParams({
   method,
   draft,
   onChange,
   problems,
+  searched,
 }: {
   method: MethodPublic;
   draft: Draft;
   onChange: (d: Draft) => void;
   problems: FieldProblem[];
+  searched?: string;
 }) {
   const presets = presetsFor(method.name, method.params_schema, method.presets);
   return (
@@ -52,6 +60,7 @@ function MethodParams({
         onChange={onChange}
         problems={problems}
         idPrefix={`param-${method.name}`}
+        searched={searched}
       />
     </fieldset>
   );
@@ -65,11 +74,14 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
   const methods = useLoad(() => call(api.GET("/api/v1/methods")));
   const [modelId, setModelId] = useState(query.get("model") ?? "");
   const [dataset, setDataset] = useState("");
-  const [compare, setCompare] = useState(false);
+  const [mode, setMode] = useState<Mode>(query.get("mode") === "target" ? "target" : "one");
   const [chosen, setChosen] = useState<string[]>([]);
   const [drafts, setDrafts] = useState<Record<string, Draft>>({});
   const [batchSize, setBatchSize] = useState("128");
   const [seed, setSeed] = useState("0");
+  const [deterministic, setDeterministic] = useState(false);
+  const [knobs, setKnobs] = useState<Record<string, ArmDraft>>({});
+  const [target, setTarget] = useState<TargetDraft>(NEW_TARGET);
   const [problems, setProblems] = useState<Record<string, FieldProblem[]>>({});
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
@@ -88,6 +100,25 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
 
   const byName = new Map((methods.data ?? []).map((m) => [m.name, m]));
   const draftFor = (m: MethodPublic) => drafts[m.name] ?? draftOf(m.params_schema);
+  const compare = mode === "compare";
+  const searching = mode === "target";
+  const ownMethod = byName.get(chosen[0] ?? "");
+  // The searched knob of the job's own method, kept per method while the user tries several.
+  const own = ownMethod
+    ? (knobs[ownMethod.name] ?? armDraft(ownMethod.name, ownMethod.params_schema))
+    : { method: "", param: "", values: "" };
+  const arms = searching ? [own, ...target.others] : [];
+  /** The param a method's form shows as searched (the first row searching that method). */
+  const searchedParam = (name: string) => arms.find((a) => a.method === name)?.param;
+  /** The methods whose forms are shown: the chosen ones, or every method the search runs. */
+  const shown = searching ? [...new Set(arms.map((a) => a.method))] : chosen;
+
+  function changeMode(next: Mode) {
+    setMode(next);
+    if (next !== "compare") setChosen((list) => list.slice(-1));
+    setProblems({});
+    setError(undefined);
+  }
 
   function toggle(name: string, on: boolean) {
     setChosen((list) =>
@@ -95,24 +126,85 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
     );
   }
 
+  const [kind, ref] = dataset.split(/:(.*)/);
+  const common = () => ({
+    model_id: Number(modelId),
+    batch_size: Number(batchSize),
+    seed: Number(seed),
+    deterministic,
+    ...(kind === "upload" ? { dataset_id: Number(ref) } : { dataset: ref }),
+  });
+
+  /** One search job; its page follows the search. */
+  async function submitSearch() {
+    const inputs = [];
+    for (const arm of arms) {
+      const m = byName.get(arm.method);
+      if (!m) return setError(new Error(`Unknown method ${arm.method}.`));
+      // The knob's own input is off: its default stands in (the search's values replace it).
+      const draft = { ...draftFor(m), [arm.param]: draftOf(m.params_schema)[arm.param] };
+      try {
+        inputs.push({
+          draft: arm,
+          schema: m.params_schema,
+          params: paramsOf(m.params_schema, draft),
+        });
+      } catch (err) {
+        if (err instanceof FieldError) {
+          setProblems({ [m.name]: [{ field: err.field, message: err.message }] });
+          return setError(new Error(`${m.title}: ${err.field}: ${err.message}`));
+        }
+        throw err;
+      }
+    }
+    let body;
+    try {
+      const built = buildTarget({
+        goal: target.goal,
+        limit: target.goal === "smallest_within" ? target.points : target.size,
+        parallel: target.parallel,
+        arms: inputs,
+      });
+      body = { ...common(), method: own.method, params: built.params, target: built.target };
+    } catch (err) {
+      if (err instanceof FieldError) {
+        setProblems({ target: [{ field: err.field, message: err.message }] });
+        return setError(new Error(`Target: ${err.message}`));
+      }
+      throw err;
+    }
+    setBusy(true);
+    try {
+      const job = await call(api.POST("/api/v1/jobs", { body }));
+      navigate(`/jobs/${job.id}`);
+    } catch (err) {
+      if (err instanceof ApiFailure) {
+        const named = err.details["field"];
+        setProblems(
+          placeProblems(
+            arms,
+            err.fieldProblems(),
+            typeof named === "string" ? { field: named, message: err.message } : undefined,
+          ),
+        );
+      }
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
   async function submit(e: Event) {
     e.preventDefault();
     setError(undefined);
     setProblems({});
     if (!chosen.length) return setError(new Error("Choose at least one method."));
-    const [kind, ref] = dataset.split(/:(.*)/);
+    if (searching) return submitSearch();
     const bodies = [];
     for (const name of chosen) {
       const m = byName.get(name)!;
       try {
-        bodies.push({
-          model_id: Number(modelId),
-          method: name,
-          params: paramsOf(m.params_schema, draftFor(m)),
-          batch_size: Number(batchSize),
-          seed: Number(seed),
-          ...(kind === "upload" ? { dataset_id: Number(ref) } : { dataset: ref }),
-        });
+        bodies.push({ ...common(), method: name, params: paramsOf(m.params_schema, draftFor(m)) });
       } catch (err) {
         if (err instanceof FieldError) {
           setProblems({ [name]: [{ field: err.field, message: err.message }] });
@@ -227,23 +319,53 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
               />
               {requestProblem("seed") && <small class="error">{requestProblem("seed")}</small>}
             </div>
+            <label
+              class="check"
+              title="torch.use_deterministic_algorithms: on a GPU a re-run then reproduces the result exactly, a little slower"
+            >
+              <input
+                type="checkbox"
+                checked={deterministic}
+                onChange={(e) => setDeterministic(e.currentTarget.checked)}
+              />
+              Deterministic algorithms (exact re-runs on a GPU)
+            </label>
           </div>
         </Section>
         <Section title="Method">
-          <div class="field field-boolean">
-            <label for="job-compare">
+          <fieldset class="checks modes">
+            <legend>Mode</legend>
+            <label>
+              <input
+                type="radio"
+                name="mode"
+                id="job-one"
+                checked={mode === "one"}
+                onChange={() => changeMode("one")}
+              />{" "}
+              One method
+            </label>
+            <label>
+              <input
+                type="radio"
+                name="mode"
+                id="job-compare"
+                checked={mode === "compare"}
+                onChange={() => changeMode("compare")}
+              />{" "}
               Compare methods (one job per chosen method, same model, data and seed)
             </label>
-            <input
-              id="job-compare"
-              type="checkbox"
-              checked={compare}
-              onChange={(e) => {
-                setCompare(e.currentTarget.checked);
-                if (!e.currentTarget.checked) setChosen((list) => list.slice(-1));
-              }}
-            />
-          </div>
+            <label>
+              <input
+                type="radio"
+                name="mode"
+                id="job-target"
+                checked={mode === "target"}
+                onChange={() => changeMode("target")}
+              />{" "}
+              Accuracy target (search a size knob for the smallest or most accurate model)
+            </label>
+          </fieldset>
           {!compare && (
             <div class="field">
               <label for="job-method">Method</label>
@@ -275,7 +397,30 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
               ))}
             </fieldset>
           )}
-          {chosen.map((name) => {
+          {searching && methods.data && ownMethod && (
+            <fieldset class="target" aria-describedby="target-help">
+              <legend>Accuracy target</legend>
+              <p id="target-help" class="help">
+                One search job: child jobs run the knob's values (several at a time) until the
+                answer is known; the search's page shows the winner, every run and the Pareto set.
+              </p>
+              <TargetFields
+                methods={methods.data}
+                own={own}
+                onOwn={(arm) => {
+                  setKnobs((all) => ({ ...all, [arm.method]: arm }));
+                  setProblems((all) => ({ ...all, target: [] }));
+                }}
+                draft={target}
+                onChange={(t) => {
+                  setTarget(t);
+                  setProblems((all) => ({ ...all, target: [] })); // edited: the old ones are stale
+                }}
+                problems={problems["target"] ?? []}
+              />
+            </fieldset>
+          )}
+          {shown.map((name) => {
             const m = byName.get(name);
             return (
               m && (
@@ -285,6 +430,7 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
                   draft={draftFor(m)}
                   onChange={(d) => setDrafts((all) => ({ ...all, [name]: d }))}
                   problems={problems[name] ?? []}
+                  searched={searching ? searchedParam(name) : undefined}
                 />
               )
             );
@@ -292,7 +438,11 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
         </Section>
         <ErrorMessage error={error} />
         <button type="submit" disabled={busy || !modelId || !dataset}>
-          {chosen.length > 1 ? `Start ${chosen.length} jobs` : "Start job"}
+          {searching
+            ? "Start search"
+            : chosen.length > 1
+              ? `Start ${chosen.length} jobs`
+              : "Start job"}
         </button>
       </form>
     </>

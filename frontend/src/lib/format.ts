@@ -34,3 +34,16 @@ export function seconds(s: number | null | undefined): string {
 export function shortHash(sha: string): string {
   return sha.slice(0, 12);
 }
+
+/** "Memory: estimated X · measured peak Y" (either part alone when the other is unknown), or
+ * null when neither is known. */
+export function memoryText(
+  estimate: number | null | undefined,
+  peak: number | null | undefined,
+): string | null {
+  const parts = [
+    estimate != null ? `estimated ${bytes(estimate)}` : "",
+    peak != null ? `measured peak ${bytes(peak)}` : "",
+  ].filter(Boolean);
+  return parts.length ? `Memory: ${parts.join(" · ")}` : null;
+}
