@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import quantcore
-from quantcore.data import DataBundle
-from quantcore.data.tensors import TensorImageDataset
+from bench.memory import SHORT as BENCH_SHORT
+from bench.memory import random_bundle
 from quantcore.memory import (
     TensorPeakMeter,
     estimate,
@@ -85,30 +85,8 @@ def test_largest_batch_finds_the_threshold() -> None:
         assert found == (None if threshold == 0 else min(threshold, start))
 
 
-SHORT = {
-    "uniform": {"bits": 4},
-    "lq_nets": {"w_bits": 2, "a_bits": 2, "epochs": 1},
-    "qnets": {"epochs": 1, "act_epochs": 1, "joint_epochs": 1, "act_bits": 2},
-    "alq": {
-        "outer_iterations": 1,
-        "epochs_basis": 1,
-        "epochs_coord": 1,
-        "epochs_prune": 1,
-        "posttrain_ste_epochs": 1,
-        "posttrain_coord_epochs": 1,
-    },
-    "l_dnq": {"data_ratio": 1.0, "cascade_max_epochs": 2, "hessian_num_batches": 11},
-}
-
-
-def _random_bundle(shape: tuple[int, ...], n: int) -> DataBundle:
-    def split() -> TensorImageDataset:
-        images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
-        return TensorImageDataset(
-            images, torch.randint(0, 10, (n,)), mean=(0.5,) * shape[0], std=(0.25,) * shape[0]
-        )
-
-    return DataBundle("random", split(), split(), 10, shape[0], shape[1:], (0.5,), (0.25,))
+# bench/memory.py's one-short-epoch schedules, with a shorter L-DNQ Hessian pass.
+SHORT = {**BENCH_SHORT, "l_dnq": {**BENCH_SHORT["l_dnq"], "hessian_num_batches": 11}}
 
 
 @pytest.mark.parametrize("name", sorted(SHORT))
@@ -125,7 +103,7 @@ def test_each_methods_estimate_is_within_a_quarter_of_its_measured_peak(name: st
     params = quantcore.parse_params(name, overrides)
     guess = estimate(footprint(model, shape), method, params, 128)
     assert guess.total == sum(guess.parts.values())
-    data = _random_bundle(shape, 256)
+    data = random_bundle(shape, 256, random.randrange(1000))
     _, val = data.loaders(128)
     ctx = quantcore.RunContext(seed=0)
     with TensorPeakMeter(baseline=module_bytes(model)) as meter:
