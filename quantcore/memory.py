@@ -21,6 +21,7 @@ context do not.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import threading
 import weakref
@@ -238,7 +239,10 @@ class TensorPeakMeter(TorchDispatchMode):
         self.device_type = device_type
         self.live = baseline
         self.peak = baseline
-        self._seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # id of each live storage seen -> a weak reference whose callback frees its bytes (the
+        # id is that storage's while it lives; PyTorch keeps a storage's Python object alive as
+        # long as the storage itself)
+        self._refs: dict[int, weakref.ref[Any]] = {}
         self._lock = threading.Lock()
 
     def __torch_dispatch__(
@@ -249,22 +253,32 @@ class TensorPeakMeter(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         out = func(*args, **(kwargs or {}))
-        for t in _tensors(out):
-            if t.device.type != self.device_type:
-                continue
-            storage = t.untyped_storage()
-            size = storage.nbytes()
-            with self._lock:
-                if storage in self._seen or size == 0:
-                    continue
-                self._seen[storage] = size
-                self.live += size
-                self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._free, size)
+        if isinstance(out, torch.Tensor):
+            self._follow(out)
+        elif isinstance(out, (list, tuple)):
+            for t in _tensors(out):
+                self._follow(t)
         return out
 
-    def _free(self, size: int) -> None:
+    def _follow(self, t: torch.Tensor) -> None:
+        if t.device.type != self.device_type:
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._refs:  # a view or an in-place result: nothing new
+            return
+        size = storage.nbytes()
+        if size == 0:
+            return
         with self._lock:
+            self._refs[key] = weakref.ref(storage, functools.partial(self._free, key, size))
+            self.live += size
+            if self.live > self.peak:
+                self.peak = self.live
+
+    def _free(self, key: int, size: int, _ref: object) -> None:
+        with self._lock:
+            self._refs.pop(key, None)
             self.live -= size
 
 
