@@ -12,7 +12,6 @@ No FastAPI here: the workers use :func:`job_estimate` when a search spawns its c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -59,12 +58,6 @@ def live_devices(session: Session, report_s: float) -> list[WorkerDevice]:
     return list(session.scalars(select(WorkerDevice).where(WorkerDevice.seen_at >= since)))
 
 
-@dataclass(frozen=True)
-class Admitted:
-    estimate_bytes: int
-    device: WorkerDevice | None  # the largest live device, None when no worker has reported
-
-
 def admit(
     session: Session,
     model: Model,
@@ -74,16 +67,17 @@ def admit(
     *,
     report_s: float,
     usable_fraction: float,
-) -> Admitted:
-    """The job's estimate, or :class:`DoesNotFit` with the numbers and a batch size that fits."""
+) -> int:
+    """The job's estimated peak in bytes, or :class:`DoesNotFit` with the numbers and a batch
+    size that fits."""
     guess = job_estimate(model, method, params, batch_size)
     devices = live_devices(session, report_s)
     if not devices:
-        return Admitted(guess.total, None)
+        return guess.total
     largest = max(devices, key=lambda d: d.memory_bytes)
     usable = int(largest.memory_bytes * usable_fraction)
     if guess.total <= usable:
-        return Admitted(guess.total, largest)
+        return guess.total
     suggestion = _suggest(model, method, params, batch_size, usable)
     parts = ", ".join(
         f"{name} {_gib(size)}" for name, size in sorted(guess.parts.items(), key=lambda kv: -kv[1])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -39,15 +38,12 @@ FLOAT = 4  # bytes of a float32 element
 
 @dataclass(frozen=True)
 class LayerShape:
-    """A conv or linear layer: its weight and the tensors around it, per sample."""
+    """A conv or linear layer's weight shape, as the methods' extras need it."""
 
     name: str
     weight: int  # elements of the weight
     fan_in: int  # inputs of one output unit (C·k·k for a conv), bias row not counted
     outputs: int  # output channels / features
-    input: int  # elements of the layer's input for one sample
-    output: int  # elements of its output for one sample
-    positions: int  # output positions per sample (1 for linear): the rows of its unfolded input
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,6 @@ class Footprint:
 
     params: int
     buffers: int
-    input: int  # elements of one input sample
-    activations: int  # Σ over leaf modules of their output elements, one sample
     relu_outputs: int  # Σ over ReLU outputs (where activation quantizers sit), one sample
     layers: tuple[LayerShape, ...]
     meta: nn.Module = field(repr=False, compare=False)
@@ -86,26 +80,22 @@ def footprint(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
     Everything runs on a ``meta`` copy: shapes and storages without data, so nothing is computed
     and no memory is used; :class:`TensorPeakMeter` counts the meta storages."""
     meta = copy.deepcopy(model).to("meta")
-    outputs: dict[str, int] = {}
-    inputs: dict[str, int] = {}
+    ran: set[str] = set()  # the conv/linear layers the forward pass reaches
     relus = 0
 
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        def record(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        def record(module: nn.Module, _args: tuple[Any, ...], out: Any) -> None:
             nonlocal relus
-            if isinstance(out, torch.Tensor):
-                outputs[name] = outputs.get(name, 0) + out.numel()
-                if isinstance(module, nn.ReLU):
-                    relus += out.numel()
-            if args and isinstance(args[0], torch.Tensor):
-                inputs[name] = args[0].numel()
+            ran.add(name)
+            if isinstance(module, nn.ReLU) and isinstance(out, torch.Tensor):
+                relus += out.numel()
 
         return record
 
     handles = [
         m.register_forward_hook(hook(name))
         for name, m in meta.named_modules()
-        if not list(m.children())
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ReLU))
     ]
     try:
         with torch.no_grad():
@@ -113,28 +103,21 @@ def footprint(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
     finally:
         for handle in handles:
             handle.remove()
-    layers = []
-    for name, m in meta.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and name in outputs:
-            out_ch = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-            layers.append(
-                LayerShape(
-                    name=name,
-                    weight=m.weight.numel(),
-                    fan_in=m.weight[0].numel(),
-                    outputs=out_ch,
-                    input=inputs.get(name, 0),
-                    output=outputs[name],
-                    positions=max(outputs[name] // out_ch, 1),
-                )
-            )
+    layers = tuple(
+        LayerShape(
+            name=name,
+            weight=m.weight.numel(),
+            fan_in=m.weight[0].numel(),
+            outputs=m.out_channels if isinstance(m, nn.Conv2d) else m.out_features,
+        )
+        for name, m in meta.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and name in ran
+    )
     return Footprint(
         params=sum(p.numel() for p in meta.parameters()),
         buffers=sum(b.numel() for b in meta.buffers() if b.is_floating_point()),
-        input=math.prod(input_shape),
-        activations=sum(outputs.values()),
         relu_outputs=relus,
-        layers=tuple(layers),
+        layers=layers,
         meta=meta,
         input_shape=tuple(input_shape),
     )
@@ -171,48 +154,32 @@ class Estimate:
     def total(self) -> int:
         return sum(self.parts.values())
 
-    def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "parts": dict(self.parts)}
 
-
-def training_parts(
-    fp: Footprint,
-    batch: int,
-    *,
-    optimizer_states: int = 1,
-    trained: int | None = None,
-    extra_per_sample: int = 0,
-) -> dict[str, int]:
+def training_parts(fp: Footprint, batch: int, *, extra_per_sample: int = 0) -> dict[str, int]:
     """The parts of a training step of the model at ``batch``: the float step measured on the
-    meta device (gradients, one momentum buffer, what backward keeps), corrected for an
-    optimizer with another number of parameter-sized states (SGD with momentum 1, Adam 2,
-    AMSGrad 3) or fewer ``trained`` parameters, plus ``extra_per_sample`` bytes a method's own
-    modules keep per sample (activation quantizers, say)."""
-    trained = fp.params if trained is None else trained
+    meta device (gradients, one momentum buffer, what backward keeps), plus
+    ``extra_per_sample`` bytes a method's own modules keep per sample (activation quantizers,
+    say)."""
     return {
-        "training step": fp.train_step(batch) + (trained - fp.params) * 2 * FLOAT,
-        "optimizer state": (optimizer_states - 1) * trained * FLOAT,
+        "training step": fp.train_step(batch),
         "method activations": extra_per_sample * batch,
     }
 
 
-def estimate(
-    fp: Footprint, method: Any, params: Any, batch_size: int, *, eval_batch: int | None = None
-) -> Estimate:
+def estimate(fp: Footprint, method: Any, params: Any, batch_size: int) -> Estimate:
     """The peak of a whole job: the float model (kept for the before/after comparison) plus the
     larger of the method's peak (``method.memory_parts``) and an evaluation at the job's batch
     size with a second copy of the model (the quantized one, or the reloaded artifact)."""
-    eval_batch = batch_size if eval_batch is None else eval_batch
     model = (fp.params + fp.buffers) * FLOAT
     work = {k: int(v) for k, v in method.memory_parts(fp, params).items() if v}
-    evaluation = {"quantized model": model, "evaluation": fp.evaluation(eval_batch)}
+    evaluation = {"quantized model": model, "evaluation": fp.evaluation(batch_size)}
     peak = work if sum(work.values()) >= sum(evaluation.values()) else evaluation
     return Estimate({"float model": model, **peak})
 
 
 def largest_batch(fits: Callable[[int], bool], start: int) -> int | None:
-    """The largest batch size ≤ ``start`` for which ``fits(batch)`` holds (halving, then a
-    bisection between the last failure and success), or None when even 1 does not fit."""
+    """The largest batch size ≤ ``start`` for which ``fits(batch)`` holds, by bisection (``fits``
+    must be monotone), or None when even 1 does not fit."""
     if not fits(1):
         return None
     low, high = 1, start

@@ -95,33 +95,35 @@ def create_job(
     )
     if body.target is not None:
         return _start_search(session, celery, job, body.target, settings)
-    job.memory_estimate_bytes = _admit(session, settings, model, job.method, job.params, job)
+    job.memory_estimate_bytes = _admit(session, settings, job)
     return _queue(session, celery, job)
 
 
 def _admit(
     session: Session,
     settings: Settings,
-    model: Model,
-    method: str,
-    params: dict[str, Any],
     job: Job,
+    *,
+    method: str | None = None,
+    params: dict[str, Any] | None = None,
     where: str = "",
 ) -> int:
-    """The job's estimated peak memory, or a 422 when it fits no worker's device."""
+    """The estimated peak memory of ``job`` (or of a search's child: ``method`` and ``params``
+    on the job's model and batch size), or a 422 when it fits no worker's device."""
+    model = session.get(Model, job.model_id)
+    assert model is not None  # the caller checked the owner's model
     try:
-        admitted = admit(
+        return admit(
             session,
             model,
-            method,
-            params,
+            method or job.method,
+            job.params if params is None else params,
             job.batch_size,
             report_s=settings.worker_report_s,
             usable_fraction=settings.memory_usable_fraction,
         )
     except DoesNotFit as exc:
         raise ApiError(422, "insufficient_memory", f"{where}{exc.message}", exc.details) from None
-    return admitted.estimate_bytes
 
 
 def _start_search(
@@ -129,15 +131,13 @@ def _start_search(
 ) -> Job:
     """A parent job (never queued itself) and its first round of children."""
     spec = target.model_dump(mode="json")
-    model = session.get(Model, parent.model_id)
-    assert model is not None
     for i, arm in enumerate(arms(parent.method, parent.params, spec)):
         where = "target" if i == 0 else f"target.other_methods[{i - 1}]"
         _check_arm(where, arm)
         for j, value in enumerate(arm.values):  # every child must fit before any runs
             tried = child_params(arm.method, arm.params, arm.param, value)
             field = f"{where}.values[{j}] ({arm.method} {arm.param} = {value!r}): "
-            _admit(session, settings, model, arm.method, tried, parent, field)
+            _admit(session, settings, parent, method=arm.method, params=tried, where=field)
     parent.status = JobStatus.RUNNING
     parent.stage = "searching"
     parent.started_at = utcnow()
@@ -259,8 +259,7 @@ def rerun_job(
         deterministic=old.deterministic,
         status=JobStatus.QUEUED,
     )
-    model = owned(session, Model, old.model_id, user, "model")
-    job.memory_estimate_bytes = _admit(session, settings, model, job.method, job.params, job)
+    job.memory_estimate_bytes = _admit(session, settings, job)
     return _queue(session, celery, job)
 
 
