@@ -811,10 +811,10 @@ class LQNets(Method):
                 debias=params.qem_debias,
                 ridge=params.qem_ridge_w,
                 legacy_lowest_code=params.legacy_lowest_code,
-            )
+            ).to(weight.device)
             if params.basis_init == "qem":
                 wq.fit_basis(weight)
-            return wq.to(weight.device)
+            return wq
 
         def input_quantizer(_name: str, layer: nn.Module) -> InputQuantizer | None:
             if params.a_bits == 32:

@@ -32,7 +32,13 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
         "posttrain": False,
         "batch_size": 512,
     },
-    "lq_nets": {"epochs": 1, "batch_size": 128, "lr": 0.01, "lr_schedule": "cosine"},
+    "lq_nets": {
+        "epochs": 1,
+        "batch_size": 128,
+        "lr": 0.01,
+        "lr_schedule": "cosine",
+        "basis_init": "qem",
+    },
     "qnets": {
         "epochs": 1,
         "act_bits": 2,
@@ -89,15 +95,23 @@ def test_params_reject_unknown_fields_and_non_finite_numbers(name: str) -> None:
                     parse_params(name, {field: spec["maximum"] + 1})
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_method_output_honours_the_contract_and_round_trips(
-    name: str, digits: DataBundle, tmp_path: Path
+    name: str, device: str, digits: DataBundle, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
     model = zoo.build("lenet5", num_classes=10, in_channels=1)
     params = parse_params(name, FAST_PARAMS.get(name, {}))
-    quantized = get_method(name).quantize(model, digits, params, RunContext())
+    ctx = RunContext(device=torch.device(device))
+    quantized = get_method(name).quantize(model, digits, params, ctx)
     assert not quantized.training
+    # The method follows the caller's device: every tensor of the result lives there.
+    for tensor_name, tensor in [*quantized.named_parameters(), *quantized.named_buffers()]:
+        assert tensor.device.type == device, tensor_name
     layers = quant_layers(quantized)
     assert layers, "a method must leave quantized layers"
     for layer_name, layer in layers:
@@ -111,8 +125,15 @@ def test_method_output_honours_the_contract_and_round_trips(
     path = tmp_path / f"{name}.qpack"
     spec = ModelSpec("lenet5", 10, 1, (28, 28))
     save_artifact(quantized, path, spec=spec, method=name, params=params.model_dump())
-    loaded = load_artifact(path)
-    assert (loaded(x) - quantized(x)).abs().max() <= 1e-5
+    with torch.no_grad():
+        logits = quantized(x.to(device))
+        # Reloaded on the device it was made on, the model computes the same logits.
+        assert (load_artifact(path, device)(x.to(device)) - logits).abs().max() <= 1e-5
+        # The artifact holds no device: reloaded on the CPU it is the same model as the
+        # quantized one moved to the CPU. (Not compared with the GPU's logits: its convolutions
+        # round differently, TF32 among them, and a hard activation step can then flip.)
+        on_cpu = load_artifact(path)(x)
+        assert (on_cpu - quantized.cpu()(x)).abs().max() <= 1e-5
 
 
 def test_every_preset_is_valid_params_of_its_method() -> None:
