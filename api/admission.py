@@ -46,16 +46,32 @@ def model_footprint(
     return footprint(net, (in_channels, height, width))
 
 
-def job_estimate(model: Model, method: str, params: dict[str, Any], batch_size: int) -> Estimate:
+def job_estimate(
+    model: Model, method: str, params: dict[str, Any], batch_size: int, device_type: str = "cpu"
+) -> Estimate:
     fp = model_footprint(
         model.arch, model.num_classes, model.in_channels, model.input_height, model.input_width
     )
-    return estimate(fp, get_method(method), parse_params(method, params), batch_size)
+    return estimate(fp, get_method(method), parse_params(method, params), batch_size, device_type)
 
 
-def live_devices(session: Session, report_s: float) -> list[WorkerDevice]:
-    since = utcnow() - timedelta(seconds=STALE_REPORTS * report_s)
-    return list(session.scalars(select(WorkerDevice).where(WorkerDevice.seen_at >= since)))
+def live_devices(session: Session, report_s: float | None = None) -> list[WorkerDevice]:
+    """The workers' device rows; with ``report_s``, only those reported recently enough."""
+    query = select(WorkerDevice)
+    if report_s is not None:
+        query = query.where(
+            WorkerDevice.seen_at >= utcnow() - timedelta(seconds=STALE_REPORTS * report_s)
+        )
+    return list(session.scalars(query))
+
+
+def device_type(devices: list[WorkerDevice]) -> str:
+    """The kind (``cuda`` or ``cpu``) of the largest of ``devices``: where a job is estimated
+    to run (``cpu`` when none has reported)."""
+    if not devices:
+        return "cpu"
+    largest = max(devices, key=lambda d: d.memory_bytes)
+    return "cuda" if largest.device.startswith("cuda") else "cpu"
 
 
 def admit(
@@ -70,15 +86,16 @@ def admit(
 ) -> int:
     """The job's estimated peak in bytes, or :class:`DoesNotFit` with the numbers and a batch
     size that fits."""
-    guess = job_estimate(model, method, params, batch_size)
     devices = live_devices(session, report_s)
+    kind = device_type(devices)
+    guess = job_estimate(model, method, params, batch_size, kind)
     if not devices:
         return guess.total
     largest = max(devices, key=lambda d: d.memory_bytes)
     usable = int(largest.memory_bytes * usable_fraction)
     if guess.total <= usable:
         return guess.total
-    suggestion = _suggest(model, method, params, batch_size, usable)
+    suggestion = _suggest(model, method, params, batch_size, usable, kind)
     parts = ", ".join(
         f"{name} {_gib(size)}" for name, size in sorted(guess.parts.items(), key=lambda kv: -kv[1])
     )
@@ -106,7 +123,7 @@ def admit(
 
 
 def _suggest(
-    model: Model, method: str, params: dict[str, Any], batch_size: int, usable: int
+    model: Model, method: str, params: dict[str, Any], batch_size: int, usable: int, kind: str
 ) -> dict[str, int] | None:
     """The largest training batch (the method's ``batch_size`` param, the job's evaluation batch
     capped at it) whose estimate fits ``usable`` bytes."""
@@ -117,7 +134,7 @@ def _suggest(
 
     def at(batch: int) -> int:
         p = {**params, "batch_size": batch} if trained else params
-        return job_estimate(model, method, p, min(batch_size, batch)).total
+        return job_estimate(model, method, p, min(batch_size, batch), kind).total
 
     best = largest_batch(lambda b: at(b) <= usable, start)
     if best is None:

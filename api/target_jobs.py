@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import jobs as transitions
-from api.admission import job_estimate
+from api.admission import device_type, job_estimate, live_devices
 from api.models import Job, JobStatus, Result
 from api.targets import Outcome, Pick, Target, next_round, pareto, winner
 from quantcore.registry import parse_params
@@ -56,6 +56,7 @@ def arms(method: str, params: dict[str, Any], spec: dict[str, Any]) -> list[Arm]
 
 def _spawn(session: Session, parent: Job, arm: Arm, indices: list[int]) -> list[Job]:
     kids = []
+    kind = device_type(live_devices(session))  # any worker's row: one of them runs the child
     for index in indices:
         params = child_params(arm.method, arm.params, arm.param, arm.values[index])
         kids.append(
@@ -73,7 +74,7 @@ def _spawn(session: Session, parent: Job, arm: Arm, indices: list[int]) -> list[
                 parent_id=parent.id,
                 # admitted with the parent (every value was checked then); recorded per child
                 memory_estimate_bytes=job_estimate(
-                    parent.model, arm.method, params, parent.batch_size
+                    parent.model, arm.method, params, parent.batch_size, kind
                 ).total,
             )
         )

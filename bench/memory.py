@@ -78,7 +78,7 @@ def measure(method_name: str, arch: str, batch: int | None, device: torch.device
     if batch is not None and "batch_size" in method.Params.model_fields:
         overrides["batch_size"] = batch
     params = quantcore.parse_params(method_name, overrides)
-    guess = estimate(fp, method, params, EVAL_BATCH)
+    guess = estimate(fp, method, params, EVAL_BATCH, device.type)
     data = random_bundle(shape, 256, 0)
     ctx = quantcore.RunContext(device=device, seed=0)
     _, val = data.loaders(EVAL_BATCH, seed=0)

@@ -34,6 +34,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 FLOAT = 4  # bytes of a float32 element
+MIB = 2**20
+# What a CUDA device holds for a job beyond its tensors, measured with ``bench/memory.py
+# --device cuda`` on an H200 (torch 2.11, CUDA 13): cuBLAS keeps one workspace per handle and
+# there is a handle per thread that multiplies matrices (the job's own thread and autograd's
+# backward thread), 32 MiB each under the workers' ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; cuDNN's
+# convolution workspaces added up to 75 MiB more (ResNet-20 training at batch 128 and 256). Both
+# come from PyTorch's caching allocator, so ``torch.cuda.max_memory_allocated`` counts them. The
+# CPU has neither.
+CUDA_WORKSPACES = 2 * 32 * MIB + 80 * MIB
 
 
 @dataclass(frozen=True)
@@ -166,15 +175,21 @@ def training_parts(fp: Footprint, batch: int, *, extra_per_sample: int = 0) -> d
     }
 
 
-def estimate(fp: Footprint, method: Any, params: Any, batch_size: int) -> Estimate:
+def estimate(
+    fp: Footprint, method: Any, params: Any, batch_size: int, device_type: str = "cpu"
+) -> Estimate:
     """The peak of a whole job: the float model (kept for the before/after comparison) plus the
     larger of the method's peak (``method.memory_parts``) and an evaluation at the job's batch
-    size with a second copy of the model (the quantized one, or the reloaded artifact)."""
+    size with a second copy of the model (the quantized one, or the reloaded artifact); on a
+    ``cuda`` device also the libraries' workspaces (:data:`CUDA_WORKSPACES`)."""
     model = (fp.params + fp.buffers) * FLOAT
     work = {k: int(v) for k, v in method.memory_parts(fp, params).items() if v}
     evaluation = {"quantized model": model, "evaluation": fp.evaluation(batch_size)}
     peak = work if sum(work.values()) >= sum(evaluation.values()) else evaluation
-    return Estimate({"float model": model, **peak})
+    parts = {"float model": model, **peak}
+    if device_type == "cuda":
+        parts["CUDA library workspaces"] = CUDA_WORKSPACES
+    return Estimate(parts)
 
 
 def largest_batch(fits: Callable[[int], bool], start: int) -> int | None:

@@ -12,6 +12,7 @@ import quantcore
 from bench.memory import SHORT as BENCH_SHORT
 from bench.memory import random_bundle
 from quantcore.memory import (
+    CUDA_WORKSPACES,
     TensorPeakMeter,
     estimate,
     footprint,
@@ -126,3 +127,34 @@ def test_estimates_grow_with_the_batch(name: str) -> None:
         return estimate(fp, method, quantcore.parse_params(name, overrides), batch).total
 
     assert at(small) <= at(large)
+
+
+def test_a_cuda_estimate_adds_the_library_workspaces_to_the_cpu_one() -> None:
+    fp = footprint(quantcore.build("lenet5", num_classes=10, in_channels=1), SHAPES["lenet5"])
+    for name in SHORT:
+        method = quantcore.get_method(name)
+        params = quantcore.parse_params(name, SHORT[name])
+        cpu, cuda = estimate(fp, method, params, 128), estimate(fp, method, params, 128, "cuda")
+        assert "CUDA library workspaces" not in cpu.parts
+        assert cuda.parts == {**cpu.parts, "CUDA library workspaces": CUDA_WORKSPACES}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_on_cuda_the_estimate_bounds_the_allocator_peak(name: str) -> None:
+    """On a GPU the job's peak is the caching allocator's (library workspaces included): the
+    estimate is never below it, and above it by no more than the workspace allowance and 25 %."""
+    device = torch.device("cuda")
+    shape = SHAPES["lenet5"]
+    model = quantcore.build("lenet5", num_classes=10, in_channels=1).to(device)
+    method = quantcore.get_method(name)
+    params = quantcore.parse_params(name, SHORT[name])
+    guess = estimate(footprint(model, shape), method, params, 128, "cuda")
+    data = random_bundle(shape, 256, random.randrange(1000))
+    _, val = data.loaders(128)
+    ctx = quantcore.RunContext(device=device, seed=0)
+    torch.cuda.reset_peak_memory_stats(device)
+    evaluate(model, val, ctx)
+    evaluate(method.quantize(model, data, params, ctx), val, ctx)
+    peak = torch.cuda.max_memory_allocated(device)
+    assert peak <= guess.total <= 1.25 * peak + CUDA_WORKSPACES, (guess.parts, peak)
