@@ -22,9 +22,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from api import auth
-from api.db import upgrade_to_head
+from api.db import make_engine, make_sessionmaker, upgrade_to_head
 from api.main import create_app
 from api.settings import Settings
 from quantcore import build, load_dataset, train
@@ -94,6 +95,19 @@ def _service(settings: Settings, env: dict[str, str]) -> Service:
     upgrade_to_head(settings)
     app = create_app(settings)
     return Service(signed_in_client(app, "alice", is_admin=True), settings, env)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    """A session on a migrated database: SQLite (the embedded default), then the module's
+    PostgreSQL database (which outlives the test: make rows unique)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    settings = Settings(data_dir=tmp_path, database_url=url)
+    upgrade_to_head(settings)
+    engine = make_engine(settings)
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
 
 
 @pytest.fixture(scope="module")

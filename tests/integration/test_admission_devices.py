@@ -3,56 +3,24 @@ worker's. On a GPU the CUDA libraries' workspaces count; on the CPU they do not.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from api.admission import DoesNotFit, admit, job_estimate
-from api.db import make_engine, make_sessionmaker, upgrade_to_head
-from api.models import Model, User, WorkerDevice, utcnow
-from api.settings import Settings
+from api.models import Model, WorkerDevice, utcnow
 from quantcore.memory import CUDA_WORKSPACES
+from tests.rows import user_and_model
 
 PARAMS = {"w_bits": 2, "a_bits": 2, "batch_size": 64}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    settings = Settings(data_dir=tmp_path, database_url=url)
-    upgrade_to_head(settings)
-    engine = make_engine(settings)
-    with make_sessionmaker(engine)() as s:
-        s.execute(delete(WorkerDevice))  # the PostgreSQL database lives as long as the module
-        s.commit()
-        yield s
-    engine.dispose()
-
-
 @pytest.fixture
 def model(session: Session) -> Model:
-    user = User(name=f"alice-{secrets.token_hex(4)}")
-    session.add(user)
-    session.flush()
-    row = Model(
-        owner_id=user.id,
-        name="m",
-        arch="lenet5",
-        num_classes=10,
-        in_channels=1,
-        input_height=28,
-        input_width=28,
-        num_params=1,
-        size_bytes=1,
-        sha256="0" * 64,
-        blob_key="models/" + "0" * 32,
-    )
-    session.add(row)
+    session.execute(delete(WorkerDevice))  # PostgreSQL's database outlives the test
+    _, row = user_and_model(session)
     session.commit()
     return row
 

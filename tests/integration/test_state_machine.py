@@ -3,52 +3,20 @@ PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api import jobs
-from api.db import make_engine, make_sessionmaker, upgrade_to_head
-from api.models import Job, JobStatus, Model, User, utcnow
-from api.settings import Settings
+from api.models import Job, JobStatus, utcnow
+from tests.rows import user_and_model
 
 LEASE = 60
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    settings = Settings(data_dir=tmp_path, database_url=url)
-    upgrade_to_head(settings)
-    engine = make_engine(settings)
-    with make_sessionmaker(engine)() as s:
-        yield s
-    engine.dispose()
-
-
 def _job(s: Session) -> int:
-    user = User(name=f"u{utcnow().timestamp()}")
-    s.add(user)
-    s.flush()
-    model = Model(
-        owner_id=user.id,
-        name="m",
-        arch="lenet5",
-        num_classes=10,
-        in_channels=1,
-        input_height=28,
-        input_width=28,
-        num_params=1,
-        size_bytes=1,
-        sha256="0" * 64,
-        blob_key="models/" + "0" * 32,
-    )
-    s.add(model)
-    s.flush()
+    user, model = user_and_model(s)
     job = Job(owner_id=user.id, model_id=model.id, method="uniform", dataset="digits")
     s.add(job)
     s.commit()

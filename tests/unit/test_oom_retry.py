@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from api.db import make_engine, make_sessionmaker, upgrade_to_head
-from api.models import Job, JobStatus, Model, User
+from api.models import Job, JobStatus
 from api.settings import Settings
 from quantcore import ModelSpec, RunContext
+from tests.rows import user_and_model
 from worker.devices import Peak
 from worker.pipeline import JobSpec
 from worker.runner import OutOfMemory, halved, run_with_oom_retry
@@ -26,24 +27,7 @@ def job(tmp_path: Path) -> tuple[Any, JobSpec]:
     upgrade_to_head(settings)
     factory = make_sessionmaker(make_engine(settings))
     with factory() as s:
-        user = User(name="u", password_hash="x")
-        s.add(user)
-        s.flush()
-        model = Model(
-            owner_id=user.id,
-            name="m",
-            arch="lenet5",
-            num_classes=10,
-            in_channels=1,
-            input_height=28,
-            input_width=28,
-            num_params=1,
-            size_bytes=1,
-            sha256="0" * 64,
-            blob_key="k",
-        )
-        s.add(model)
-        s.flush()
+        user, model = user_and_model(s)
         row = Job(
             owner_id=user.id,
             model_id=model.id,
