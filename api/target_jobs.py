@@ -26,6 +26,7 @@ from api import jobs as transitions
 from api.admission import device_type, job_estimate, live_devices
 from api.models import Job, JobStatus, Result
 from api.targets import Outcome, Pick, Target, next_round, pareto, winner
+from quantcore.errors import InvalidParams
 from quantcore.registry import parse_params
 
 
@@ -96,6 +97,20 @@ def _placed(spec: dict[str, Any], own: Arm, kids: list[Job]) -> dict[Pick, int]:
     }
 
 
+def _fail(session: Session, parent_id: int, message: str, code: str = "child_failed") -> list[int]:
+    """End the search as failed (``child_failed``: a child did not give a result;
+    ``search_failed``: the search itself cannot go on)."""
+    transitions.finish(
+        session,
+        parent_id,
+        JobStatus.FAILED,
+        stage="failed",
+        error_code=code,
+        error_message=message,
+    )
+    return []
+
+
 def advance(session: Session, parent_id: int) -> list[int]:
     """Start the parent's next round, or end it; returns the new children's ids, which the caller
     enqueues after committing. Nothing happens while a child of the round is still running."""
@@ -110,21 +125,19 @@ def advance(session: Session, parent_id: int) -> list[int]:
     job_at = _placed(spec, searched[0], kids)
     arm_of = {kid_id: a for (a, _), kid_id in job_at.items()}
     for kid in kids:
+        arm = searched[arm_of.get(kid.id, 0)]
+        tried = f"{arm.param} = {kid.params.get(arm.param)!r}"
+        if len(searched) > 1:
+            tried = f"{kid.method}, {tried}"
         if kid.status != JobStatus.SUCCEEDED:
-            arm = searched[arm_of.get(kid.id, 0)]
-            tried = f"{arm.param} = {kid.params.get(arm.param)!r}"
-            if len(searched) > 1:
-                tried = f"{kid.method}, {tried}"
-            transitions.finish(
+            return _fail(
                 session,
                 parent_id,
-                JobStatus.FAILED,
-                stage="failed",
-                error_code="child_failed",
-                error_message=f"child job {kid.id} ({tried}) "
-                f"ended {kid.status}: {kid.error_message or 'no message'}",
+                f"child job {kid.id} ({tried}) ended {kid.status}: "
+                f"{kid.error_message or 'no message'}",
             )
-            return []
+        if session.get(Result, kid.id) is None:  # a search can only compare measured children
+            return _fail(session, parent_id, f"child job {kid.id} ({tried}) left no result")
     known: list[dict[int, Outcome]] = [{} for _ in searched]
     for (a, i), kid_id in sorted(job_at.items()):
         result = session.get(Result, kid_id)
@@ -139,9 +152,15 @@ def advance(session: Session, parent_id: int) -> list[int]:
         for a, arm in enumerate(searched):
             indices = [i for b, i in todo if b == a and (b, i) not in job_at]
             if indices:
-                spawned = _spawn(session, parent, arm, indices)
+                try:
+                    spawned = _spawn(session, parent, arm, indices)
+                except InvalidParams as exc:  # validated at submission; the schema changed since
+                    return _fail(session, parent_id, f"{arm.method}: {exc}", "search_failed")
                 job_at |= {(a, i): kid.id for i, kid in zip(indices, spawned, strict=True)}
                 new += spawned
+        if not new:  # every value the round asks for has run: nothing would ever advance it
+            msg = "the search asked again for values it has run"
+            return _fail(session, parent_id, msg, "search_failed")
         children = {str(kid_id): [a, i] for (a, i), kid_id in sorted(job_at.items())}
         transitions.heartbeat(
             session,
