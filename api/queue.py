@@ -6,15 +6,23 @@ transport under ``data_dir/broker`` is the embedded broker.
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from api.models import Job, JobStatus, utcnow
 from api.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RUN_JOB = "jobs.run"
 QUEUE = "jobs"
+STRANDED_AFTER_S = 60  # a queued job never claimed for this long may have lost its message
 
 
 class BrokerUnavailable(Exception):
@@ -71,3 +79,31 @@ def enqueue(app: Celery, job_id: int) -> str:
         return app.send_task(RUN_JOB, args=[job_id], queue=QUEUE, task_id=f"job-{job_id}").id
     except OperationalError as exc:
         raise BrokerUnavailable(str(exc)) from exc
+
+
+def republish_stranded(
+    session: Session, app: Celery, older_than_s: float = STRANDED_AFTER_S
+) -> list[int]:
+    """Send one more message for every job still queued, never tried, and older than
+    ``older_than_s``; returns their ids.
+
+    A process that stops between committing a job and sending its message (the API for a new
+    job, a worker for a search's next children) leaves a queued row that no message will ever
+    run. The API and the workers call this when they start. An extra message is harmless: a
+    worker runs a job only if it can claim it while it is still queued (``api.jobs.claim``), so
+    of two messages for one job one runs it and the other finds it taken; a job that was merely
+    waiting behind others gets a second message that is dropped the same way.
+    """
+    before = utcnow() - timedelta(seconds=older_than_s)
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.attempts == 0, Job.created_at < before)
+            .order_by(Job.id)
+        )
+    )
+    for job_id in ids:
+        enqueue(app, job_id)
+    if ids:
+        log.info("sent again %d queued job(s) no worker had claimed: %s", len(ids), ids)
+    return ids

@@ -6,17 +6,23 @@ and the device are set up once, in ``worker_process_init``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
 from api.observability import configure_logging
-from api.queue import make_celery
+from api.queue import BrokerUnavailable, make_celery, republish_stranded
 from api.settings import Settings
 from api.storage import BlobStore, LocalBlobStore
 from worker.presence import Presence
@@ -78,6 +84,20 @@ def _init_child(**_kwargs: object) -> None:
 def _stop_child(**_kwargs: object) -> None:
     if _presence is not None:
         _presence.stop()
+
+
+@worker_ready.connect
+def _republish(**_kwargs: object) -> None:
+    """Once per worker (in the parent, no CUDA): send again the jobs whose message was lost."""
+    settings = Settings()
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session:
+            republish_stranded(session, app)
+    except BrokerUnavailable as exc:  # the broker is back later; the next start tries again
+        logging.getLogger(__name__).warning("could not send queued jobs again: %s", exc)
+    finally:
+        engine.dispose()
 
 
 app: Celery = make_celery(Settings(), "quant-worker")
