@@ -123,6 +123,17 @@ def test_search_for_the_smallest_model_within_a_point(
     page.get_by_role("link", name=f"search {search_id}").click()
     expect(page.get_by_role("heading", name=re.compile(f"^Search {search_id}"))).to_be_visible()
 
+    # The jobs list tells the search from its children, and a child links to its search.
+    page.goto("/jobs")
+    listed = page.locator(f'table.jobs tr[data-job="{search_id}"]')
+    expect(listed.get_by_role("link", name=f"Search {search_id}")).to_be_visible()
+    expect(listed.get_by_test_id("job-search")).to_have_text("over bits")
+    for child in children:
+        row = page.locator(f'table.jobs tr[data-job="{child["id"]}"]')
+        expect(row.get_by_test_id("job-parent")).to_have_text(f"of search {search_id}")
+    row.get_by_role("link", name=f"search {search_id}").click()
+    expect(page.get_by_role("heading", name=re.compile(f"^Search {search_id}"))).to_be_visible()
+
     page.get_by_role("link", name="Compare children").click()
     expect(page).to_have_url(re.compile(rf"/compare\?model={model_id}&jobs=[\d,]+$"))
     compare = page.get_by_test_id("compare-table")

@@ -153,7 +153,21 @@ export function JobsPage() {
                     />
                   </td>
                   <td>
-                    <a href={`/jobs/${j.id}`}>Job {j.id}</a>
+                    <a href={`/jobs/${j.id}`}>
+                      {j.target ? "Search" : "Job"} {j.id}
+                    </a>
+                    {j.target && (
+                      <small class="help" data-testid="job-search">
+                        {" "}
+                        over {String(j.target.param)}
+                      </small>
+                    )}
+                    {j.parent_id != null && (
+                      <small class="help" data-testid="job-parent">
+                        {" "}
+                        of <a href={`/jobs/${j.parent_id}`}>search {j.parent_id}</a>
+                      </small>
+                    )}
                   </td>
                   <td>{modelName.get(j.model_id) ?? j.model_id}</td>
                   <td>{j.method}</td>
