@@ -67,6 +67,17 @@ class Service:
                 self.worker.wait()
         self.worker = None
 
+    def upload_lenet(self, weights: Path) -> int:
+        """Upload LeNet5 float weights (the ``lenet_weights`` fixture) as a model; its id."""
+        with open(weights, "rb") as f:
+            made = self.client.post(
+                "/api/v1/models",
+                data={"arch": "lenet5", "num_classes": "10"},
+                files={"file": ("lenet5.safetensors", f)},
+            )
+        assert made.status_code == 201, made.text
+        return int(made.json()["id"])
+
     def worker_log(self) -> str:
         path = self.settings.data_dir / "worker.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""

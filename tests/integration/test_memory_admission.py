@@ -48,17 +48,6 @@ def _reported(service: Service, timeout: float = 60) -> list[WorkerDevice]:
     raise AssertionError(f"no worker reported its device\n{service.worker_log()}")
 
 
-def _model(service: Service, weights: Path) -> int:
-    with open(weights, "rb") as f:
-        response = service.client.post(
-            "/api/v1/models",
-            data={"arch": "lenet5", "num_classes": "10"},
-            files={"file": ("lenet5.safetensors", f)},
-        )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
 def _job_count(service: Service) -> int:
     return int(_rows(service, select(func.count()).select_from(Job))[0][0])
 
@@ -74,7 +63,7 @@ def test_a_job_that_cannot_fit_is_refused_before_it_is_queued(
     small_worker: Service, lenet_weights: Path
 ) -> None:
     _reported(small_worker)
-    model_id = _model(small_worker, lenet_weights)
+    model_id = small_worker.upload_lenet(lenet_weights)
     before = _job_count(small_worker)
     job = {
         "model_id": model_id,
@@ -118,7 +107,7 @@ def test_a_search_with_a_value_that_cannot_fit_is_refused_whole(
     small_worker: Service, lenet_weights: Path
 ) -> None:
     _reported(small_worker)
-    model_id = _model(small_worker, lenet_weights)
+    model_id = small_worker.upload_lenet(lenet_weights)
     before = _job_count(small_worker)
     search = {
         "model_id": model_id,
@@ -138,7 +127,7 @@ def test_an_admitted_job_records_its_estimate_beside_the_measured_peak(
     small_worker: Service, lenet_weights: Path
 ) -> None:
     _reported(small_worker)
-    model_id = _model(small_worker, lenet_weights)
+    model_id = small_worker.upload_lenet(lenet_weights)
     made = small_worker.client.post(
         "/api/v1/jobs",
         json={

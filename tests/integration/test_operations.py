@@ -33,21 +33,10 @@ def _metrics(service: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     }
 
 
-def _upload(service: Service, weights: Path) -> int:
-    with open(weights, "rb") as f:
-        response = service.client.post(
-            "/api/v1/models",
-            data={"arch": "lenet5", "num_classes": "10"},
-            files={"file": ("lenet5.safetensors", f)},
-        )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
 def test_metrics_count_jobs_by_state_queue_depth_and_durations(
     service: Service, lenet_weights: Path
 ) -> None:
-    model_id = _upload(service, lenet_weights)
+    model_id = service.upload_lenet(lenet_weights)
     service.stop_worker()  # nothing takes the messages: they wait in Redis
     body = {"model_id": model_id, "method": "uniform", "dataset": "digits", "params": {"bits": 4}}
     ids = [service.client.post("/api/v1/jobs", json=body).json()["id"] for _ in range(3)]

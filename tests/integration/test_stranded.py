@@ -27,17 +27,6 @@ def service(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
     service.stop_worker()
 
 
-def _model(service: Service, weights: Path) -> int:
-    with open(weights, "rb") as f:
-        made = service.client.post(
-            "/api/v1/models",
-            data={"arch": "lenet5", "num_classes": "10"},
-            files={"file": ("lenet5.safetensors", f)},
-        )
-    assert made.status_code == 201, made.text
-    return int(made.json()["id"])
-
-
 def _queued_row(service: Service, model_id: int, age_s: float) -> int:
     """What the API commits before it sends the message, as if it had stopped right there."""
     factory = make_sessionmaker(make_engine(service.settings))
@@ -59,7 +48,7 @@ def _queued_row(service: Service, model_id: int, age_s: float) -> int:
 
 
 def test_a_stranded_job_runs_once_a_worker_starts(service: Service, lenet_weights: Path) -> None:
-    model_id = _model(service, lenet_weights)
+    model_id = service.upload_lenet(lenet_weights)
     stranded = _queued_row(service, model_id, STRANDED_AFTER_S + 30)
     service.start_worker()
     done = service.wait_for(stranded, {"succeeded", "failed"}, timeout=240)
@@ -71,7 +60,7 @@ def test_only_old_unclaimed_queued_jobs_are_sent_again_and_a_duplicate_runs_noth
     service: Service, lenet_weights: Path
 ) -> None:
     service.stop_worker()
-    model_id = _model(service, lenet_weights)
+    model_id = service.upload_lenet(lenet_weights)
     old = _queued_row(service, model_id, STRANDED_AFTER_S + 30)
     fresh = _queued_row(service, model_id, 0)  # its message may still be on its way
     app = service.client.app.state.celery  # type: ignore[attr-defined]

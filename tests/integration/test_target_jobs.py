@@ -15,17 +15,6 @@ pytestmark = pytest.mark.slow
 BITS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def _model(service: Service, weights: Path) -> int:
-    with open(weights, "rb") as f:
-        response = service.client.post(
-            "/api/v1/models",
-            data={"arch": "lenet5", "num_classes": "10"},
-            files={"file": ("lenet5.safetensors", f)},
-        )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
 def _search(model_id: int, **target: object) -> dict:
     return {
         "model_id": model_id,
@@ -44,7 +33,7 @@ def _outcome(service: Service, job_id: int) -> Outcome:
 def test_the_search_finds_what_an_exhaustive_sweep_finds(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     made = production.client.post(
         "/api/v1/jobs", json=_search(model_id, goal="smallest_within", limit=1.0)
     )
@@ -78,7 +67,7 @@ def test_the_search_finds_what_an_exhaustive_sweep_finds(
 def test_a_bad_search_is_refused_before_anything_runs(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     before = production.client.get("/api/v1/jobs").json()["total"]
     no_such = _search(model_id, goal="smallest_within", limit=1.0)
     no_such["target"]["param"] = "bitz"
@@ -96,7 +85,7 @@ def test_a_bad_search_is_refused_before_anything_runs(
 def test_cancelling_the_search_cancels_its_children(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     production.stop_worker()  # the first round waits in the queue
     try:
         made = production.client.post(
@@ -137,7 +126,7 @@ def _two_methods(model_id: int, **target: object) -> dict:
 def test_a_search_over_two_methods_finds_what_sweeping_both_finds(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     made = production.client.post(
         "/api/v1/jobs",
         json=_two_methods(model_id, goal="most_accurate_under", limit=BUDGET, parallel=2),
@@ -192,7 +181,7 @@ def test_a_search_over_two_methods_finds_what_sweeping_both_finds(
 def test_a_bad_method_in_a_search_is_refused_before_anything_runs(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     before = production.client.get("/api/v1/jobs").json()["total"]
     cases = [
         ("method", "nope", "target.other_methods[0].method", "nope"),
@@ -215,7 +204,7 @@ def test_a_bad_method_in_a_search_is_refused_before_anything_runs(
 def test_cancelling_a_two_method_search_cancels_the_children_of_both(
     production: Service, lenet_weights: Path
 ) -> None:
-    model_id = _model(production, lenet_weights)
+    model_id = production.upload_lenet(lenet_weights)
     production.stop_worker()  # the first round waits in the queue
     try:
         made = production.client.post(
