@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
@@ -18,16 +17,13 @@ def _serve(host: str, port: int) -> None:
 
     from api.main import create_app
     from api.observability import configure_logging
-    from api.queue import BrokerUnavailable, republish_stranded
+    from api.queue import republish_stranded
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
-    try:  # jobs an API process committed but never sent before it stopped
-        with app.state.sessionmaker() as session:
-            republish_stranded(session, app.state.celery)
-    except BrokerUnavailable as exc:  # jobs answer 503 meanwhile; the next start tries again
-        logging.getLogger(__name__).warning("could not send queued jobs again: %s", exc)
+    with app.state.sessionmaker() as session:  # jobs an API process committed, never sent
+        republish_stranded(session, app.state.celery)
     uvicorn.run(app, host=host, port=port, log_config=None)
 
 

@@ -55,23 +55,20 @@ def job_estimate(
     return estimate(fp, get_method(method), parse_params(method, params), batch_size, device_type)
 
 
-def live_devices(session: Session, report_s: float | None = None) -> list[WorkerDevice]:
-    """The workers' device rows; with ``report_s``, only those reported recently enough."""
+def largest_device(session: Session, report_s: float | None = None) -> WorkerDevice | None:
+    """The worker device with the most memory (None when no worker has reported); with
+    ``report_s``, among those reported recently enough."""
     query = select(WorkerDevice)
     if report_s is not None:
         query = query.where(
             WorkerDevice.seen_at >= utcnow() - timedelta(seconds=STALE_REPORTS * report_s)
         )
-    return list(session.scalars(query))
+    return session.scalars(query.order_by(WorkerDevice.memory_bytes.desc()).limit(1)).first()
 
 
-def device_type(devices: list[WorkerDevice]) -> str:
-    """The kind (``cuda`` or ``cpu``) of the largest of ``devices``: where a job is estimated
-    to run (``cpu`` when none has reported)."""
-    if not devices:
-        return "cpu"
-    largest = max(devices, key=lambda d: d.memory_bytes)
-    return "cuda" if largest.device.startswith("cuda") else "cpu"
+def device_type(device: WorkerDevice | None) -> str:
+    """The kind (``cuda`` or ``cpu``) a job is estimated for on ``device`` (``cpu`` for none)."""
+    return "cuda" if device is not None and device.device.startswith("cuda") else "cpu"
 
 
 def admit(
@@ -86,12 +83,11 @@ def admit(
 ) -> int:
     """The job's estimated peak in bytes, or :class:`DoesNotFit` with the numbers and a batch
     size that fits."""
-    devices = live_devices(session, report_s)
-    kind = device_type(devices)
+    largest = largest_device(session, report_s)
+    kind = device_type(largest)
     guess = job_estimate(model, method, params, batch_size, kind)
-    if not devices:
+    if largest is None:
         return guess.total
-    largest = max(devices, key=lambda d: d.memory_bytes)
     usable = int(largest.memory_bytes * usable_fraction)
     if guess.total <= usable:
         return guess.total

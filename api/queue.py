@@ -92,7 +92,8 @@ def republish_stranded(
     run. The API and the workers call this when they start. An extra message is harmless: a
     worker runs a job only if it can claim it while it is still queued (``api.jobs.claim``), so
     of two messages for one job one runs it and the other finds it taken; a job that was merely
-    waiting behind others gets a second message that is dropped the same way.
+    waiting behind others gets a second message that is dropped the same way. With the broker
+    down it logs a warning and returns what it sent: the next start tries again.
     """
     before = utcnow() - timedelta(seconds=older_than_s)
     ids = list(
@@ -102,8 +103,13 @@ def republish_stranded(
             .order_by(Job.id)
         )
     )
-    for job_id in ids:
-        enqueue(app, job_id)
-    if ids:
-        log.info("sent again %d queued job(s) no worker had claimed: %s", len(ids), ids)
-    return ids
+    sent: list[int] = []
+    try:
+        for job_id in ids:
+            enqueue(app, job_id)
+            sent.append(job_id)
+    except BrokerUnavailable as exc:
+        log.warning("could not send queued jobs again (%s); the next start tries again", exc)
+    if sent:
+        log.info("sent again %d queued job(s) no worker had claimed: %s", len(sent), sent)
+    return sent

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import jobs as transitions
-from api.admission import device_type, job_estimate, live_devices
+from api.admission import device_type, job_estimate, largest_device
 from api.models import Job, JobStatus, Result
 from api.targets import Outcome, Pick, Target, next_round, pareto, winner
 from quantcore.errors import InvalidParams
@@ -57,7 +57,7 @@ def arms(method: str, params: dict[str, Any], spec: dict[str, Any]) -> list[Arm]
 
 def _spawn(session: Session, parent: Job, arm: Arm, indices: list[int]) -> list[Job]:
     kids = []
-    kind = device_type(live_devices(session))  # any worker's row: one of them runs the child
+    kind = device_type(largest_device(session))  # any worker's row: one of them runs it
     for index in indices:
         params = child_params(arm.method, arm.params, arm.param, arm.values[index])
         kids.append(

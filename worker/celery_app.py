@@ -6,7 +6,6 @@ and the device are set up once, in ``worker_process_init``.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker
 from api.observability import configure_logging
-from api.queue import BrokerUnavailable, make_celery, republish_stranded
+from api.queue import make_celery, republish_stranded
 from api.settings import Settings
 from api.storage import BlobStore, LocalBlobStore
 from worker.presence import Presence
@@ -89,13 +88,10 @@ def _stop_child(**_kwargs: object) -> None:
 @worker_ready.connect
 def _republish(**_kwargs: object) -> None:
     """Once per worker (in the parent, no CUDA): send again the jobs whose message was lost."""
-    settings = Settings()
-    engine = make_engine(settings)
+    engine = make_engine(Settings())
     try:
         with make_sessionmaker(engine)() as session:
             republish_stranded(session, app)
-    except BrokerUnavailable as exc:  # the broker is back later; the next start tries again
-        logging.getLogger(__name__).warning("could not send queued jobs again: %s", exc)
     finally:
         engine.dispose()
 

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.db import make_engine, make_sessionmaker
 from api.models import Job, JobStatus, Model, utcnow
-from api.queue import STRANDED_AFTER_S, enqueue, republish_stranded
+from api.queue import STRANDED_AFTER_S, enqueue, make_celery, republish_stranded
+from api.settings import Settings
 from tests.integration.conftest import Service, start_production
+from tests.rows import user_and_model
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +80,23 @@ def test_only_old_unclaimed_queued_jobs_are_sent_again_and_a_duplicate_runs_noth
     with factory() as s:
         finished = s.scalars(select(Job.status).where(Job.id.in_([old, fresh]))).all()
     assert set(finished) == {JobStatus.SUCCEEDED}
+
+
+def test_with_the_broker_down_nothing_is_sent_and_nothing_raises(
+    session: Session, tmp_path: Path
+) -> None:
+    """A process starting while the broker is down still starts; the next start sends them."""
+    user, model = user_and_model(session)
+    job = Job(
+        owner_id=user.id,
+        model_id=model.id,
+        method="uniform",
+        dataset="digits",
+        created_at=utcnow() - timedelta(seconds=STRANDED_AFTER_S + 30),
+    )
+    session.add(job)
+    session.commit()
+    down = make_celery(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"))
+    assert republish_stranded(session, down) == []
+    session.refresh(job)
+    assert job.status == JobStatus.QUEUED
