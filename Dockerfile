@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for the API, the workers and the migration step (docker-compose.yml picks the
 # command). Stages: the Python environment; the OpenAPI schema the UI's typed client is
-# generated from; the UI built with Node; and the runtime, which has no Node and no build tools.
+# generated from; the UI built with Node; and the runtime, which has no Node and no build tools
+# but g++: torch.compile builds the fused quantizer kernels with it (quantcore/fusion.py).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:20-bookworm-slim
 
@@ -28,7 +29,9 @@ RUN OPENAPI_JSON=/openapi.json npm run build
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/venv/bin:$PATH QS_DATA_DIR=/data
-RUN useradd --create-home --uid 1000 quant && mkdir -p /data && chown quant /data
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 quant && mkdir -p /data && chown quant /data
 COPY --from=python /venv /venv
 COPY --from=python /app /app
 COPY --from=ui /app/frontend/dist /app/frontend/dist

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
-DEBS := dataset-fashion-mnist chromium
+DEBS := dataset-fashion-mnist chromium g++
 UI := frontend/dist/index.html
 UI_SOURCES := $(shell find frontend/src frontend/scripts -type f -not -name schema.d.ts 2>/dev/null) \
 	frontend/index.html frontend/package.json frontend/vite.config.ts frontend/tsconfig.json
@@ -21,7 +21,8 @@ $(PY_STAMP): pyproject.toml
 	touch $@
 
 # Debian packages the product and tests read (Fashion-MNIST lives in /usr/share/datasets;
-# chromium runs the browser tests; Node.js and npm build the web UI).
+# chromium runs the browser tests; Node.js and npm build the web UI; g++ compiles the fused
+# quantizer kernels, quantcore/fusion.py).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \

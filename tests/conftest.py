@@ -1,15 +1,23 @@
 """Shared test configuration: ``gpu`` tests skip themselves where CUDA is absent, and a SIGTERM
 (``timeout``, a CI runner stopping the job) ends the run like Ctrl-C does, with every fixture's
 teardown: the worker processes the integration tests start in sessions of their own would
-otherwise outlive the run and take messages from a later run's queue."""
+otherwise outlive the run and take messages from a later run's queue.
+
+``QUANTCORE_FUSE`` defaults to 0 here (and so in the worker processes the tests start): compiling
+the fused quantizer kernels takes tens of seconds per process and kind of call, more than the
+short trainings of most tests. tests/unit/test_fusion.py turns it on and holds the compiled code
+to the op-by-op code it replaces."""
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
 import pytest
 import torch
+
+os.environ.setdefault("QUANTCORE_FUSE", "0")
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

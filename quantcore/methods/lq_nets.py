@@ -65,6 +65,12 @@ Computation (same results as the literal §2.2 procedure; tested against it):
   (n, K) code matrix. :func:`encode` (search-based, with code indices) serves export and tests.
   Sums are accumulated in float32 by matrix products, so QEM solutions agree with a literal
   float32 implementation to float rounding (the reference vectors: rtol 1e-5), not bit for bit.
+- Where ``torch.compile`` works (:mod:`quantcore.fusion`: C++ on the CPU, Triton on CUDA; on by
+  default, ``QUANTCORE_FUSE=0`` turns it off) the sweep and the normal equations run as one
+  compiled kernel instead (:func:`selection_sweep`: ``where`` chains and masked sums, one pass
+  over the tensor): the same values bit for bit, the sums equal up to float rounding. The levels
+  are still ranked op by op, so every path quantizes to the same level values. On ResNet-20
+  (CPU, 2 threads) this takes the W2A2 training step from 1.56x to 1.28x the float step.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from quantcore import fusion
 from quantcore.context import RunContext
 from quantcore.data import DataBundle
 from quantcore.errors import NothingQuantized
@@ -280,7 +287,8 @@ def level_sweep(
     returns the per-rank counts A·1 and sums A·x ``(G, L)``, which is all QEM needs
     (:func:`normal_equations_from_levels`). The columns go in blocks through reused
     ``(G, L, w)`` buffers of about ``SWEEP_BLOCK`` elements (CPU; ``SWEEP_BLOCK_ACCEL`` on other
-    devices), so only ``y`` is as large as x.
+    devices), so only ``y`` is as large as x. The op-by-op form; :func:`quantize_step` runs
+    :func:`selection_sweep` compiled where it can.
     """
     g, n = x.shape
     big_l = values.shape[1]
@@ -315,6 +323,36 @@ def level_sweep(
     if not statistics:
         return y, None, None
     return y, torch.stack(counts).sum(0), torch.stack(sums).sum(0)
+
+
+def selection_sweep(
+    x: Tensor, values: Tensor, thresholds: Tensor, statistics: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`level_sweep` as selections and masked reductions, which ``torch.compile`` fuses
+    into one pass over x (run op by op it would make L full-size temporaries). The value is a
+    chain of ``where`` from the top level down: exactly the level, as the masked sum there (NaN
+    is not ≤ any threshold: the top level, as there). The per-rank counts and sums are the
+    differences of the cumulative ones over [x ≤ t_k] and over all of x: the counts exact, the
+    sums equal up to float rounding (a -inf input makes its rank's sum NaN instead of -inf)."""
+    big_l = values.shape[1]
+    vals = values.to(x.dtype)  # (G, L)
+    cuts = thresholds.to(x.dtype)  # (G, L-1)
+    below = [x <= cuts[:, k : k + 1] for k in range(big_l - 1)]  # L-1 of (G, n)
+    y = vals[:, big_l - 1 :].expand_as(x)  # (G, n)
+    for k in range(big_l - 2, -1, -1):
+        y = torch.where(below[k], vals[:, k : k + 1], y)
+    if not statistics:
+        return y, None, None
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    total = torch.full_like(x[:, :1], x.shape[1], dtype=torch.int64)  # (G, 1)
+    at_most = torch.cat([*(b.sum(1, keepdim=True) for b in below), total], 1)  # (G, L)
+    sum_at_most = torch.cat(
+        [*(torch.where(b, x, zero).sum(1, keepdim=True) for b in below), x.sum(1, keepdim=True)],
+        1,
+    )  # (G, L)
+    counts = torch.diff(at_most, dim=1, prepend=torch.zeros_like(at_most[:, :1]))
+    sums = torch.diff(sum_at_most, dim=1, prepend=torch.zeros_like(sum_at_most[:, :1]))
+    return y, counts.to(x.dtype), sums
 
 
 def normal_equations_from_levels(
@@ -397,6 +435,65 @@ def weight_fan_out(layer: nn.Module) -> int:
     return int(w.shape[0] * math.prod(w.shape[2:]))
 
 
+def quantize_step(
+    rows: Tensor,
+    basis: Tensor,
+    table: Tensor,
+    signed: bool,
+    legacy_lowest_code: bool,
+    statistics: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One quantizer's encoding of ``rows`` ``(G, n)`` with ``basis`` ``(G, K)`` (§2.2, §3.2):
+    ``(y (G, n), top level (G,), [BᵀB | Bᵀx] (G, K, K+1) or None)``; ``table``: the quantizer's
+    :func:`code_table`.
+
+    The levels are ranked op by op (a few tiny tensors), so ``y`` holds exactly the levels every
+    other path computes. The sweep (and the normal equations) run as one compiled kernel where
+    :mod:`quantcore.fusion` allows it, else op by op (:func:`level_sweep`).
+    """
+    levels, sort_id, thresholds = sorted_levels(basis, signed, table)
+    values = rank_values(levels, signed, legacy_lowest_code)  # (G, L)
+    with torch.no_grad():  # one kind of compiled call whatever the caller's grad mode
+        if not statistics:
+            return _fused_values(rows, values, thresholds), levels[:, -1], None
+        codes = qem_code_rows(sort_id, table, legacy_lowest_code).to(rows.dtype)  # (G, L, K)
+        y, system = _fused_system(rows, values, thresholds, codes)
+    return y, levels[:, -1], system.to(basis.dtype)
+
+
+def _values(rows: Tensor, values: Tensor, thresholds: Tensor) -> Tensor:
+    return level_sweep(rows, values, thresholds, statistics=False)[0]
+
+
+def _system(
+    rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(y, [BᵀB | Bᵀx])`` of :func:`quantize_step`, op by op."""
+    y, counts, sums = level_sweep(rows, values, thresholds)
+    assert counts is not None
+    assert sums is not None
+    btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
+    return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
+
+
+# Two compiled functions, not one with a ``statistics`` flag: each kind of call is its own graph
+# and torch.compile keeps 8 per function (activations 3 level counts, weights 4).
+@fusion.fused(eager=_values)
+def _fused_values(rows: Tensor, values: Tensor, thresholds: Tensor) -> Tensor:
+    return selection_sweep(rows, values, thresholds, statistics=False)[0]
+
+
+@fusion.fused(eager=_system)
+def _fused_system(
+    rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor
+) -> tuple[Tensor, Tensor]:
+    y, counts, sums = selection_sweep(rows, values, thresholds, statistics=True)
+    assert counts is not None
+    assert sums is not None
+    btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
+    return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Quantizer modules
 # ---------------------------------------------------------------------------------------------
@@ -432,15 +529,10 @@ class _QEMState(nn.Module):
         self, rows: Tensor, basis: Tensor, statistics: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Quantize ``rows`` ``(G, n)`` with ``basis`` ``(G, K)``: ``(y, top level (G,),
-        (BᵀB, Bᵀx) of the QEM solve or None)``."""
-        levels, sort_id, thresholds = sorted_levels(basis, self.signed, self.table)
-        values = rank_values(levels, self.signed, self.legacy_lowest_code)  # (G, L)
-        y, counts, sums = level_sweep(rows, values, thresholds, statistics)  # (G, n), (G, L) x2
-        if counts is None or sums is None:
-            return y, levels[:, -1], None
-        codes = qem_code_rows(sort_id, self.table, self.legacy_lowest_code)  # (G, L, K)
-        btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
-        return y, levels[:, -1], torch.cat([btb, btx.unsqueeze(-1)], -1).to(basis.dtype)
+        (BᵀB, Bᵀx) of the QEM solve or None)``: :func:`quantize_step`."""
+        return quantize_step(
+            rows, basis, self.table, self.signed, self.legacy_lowest_code, statistics
+        )
 
     @torch.no_grad()
     def _qem_update(self, system: Tensor) -> None:

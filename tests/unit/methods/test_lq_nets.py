@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantcore import zoo
+from quantcore import fusion, zoo
 from quantcore.artifact import ModelSpec, load_artifact, save_artifact
 from quantcore.context import RunContext
 from quantcore.data import DataBundle, load_dataset, subset
@@ -335,6 +336,86 @@ def test_training_sweep_is_encode_exactly_and_its_statistics_are_the_normal_equa
     ref_btb, ref_btx = lq.normal_equations(x, idx, qem_codes)
     assert torch.equal(btb, ref_btb)
     torch.testing.assert_close(btx, ref_btx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def fusing() -> Iterator[None]:
+    """The compiled (fused) quantizer kernels on (tests/conftest.py turns them off elsewhere)."""
+    previous = fusion.set_enabled(True)
+    yield
+    fusion.set_enabled(previous)
+    torch.compiler.reset()  # each test's kinds of call count alone toward the 8 per function
+
+
+# (K, signed, legacy, G): a few kinds of call, within torch.compile's 8 graphs per function.
+FUSED_CASES = [(1, True, True, 5), (2, False, True, 1), (3, True, False, 1), (4, False, False, 5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("k", "signed", "legacy", "g"), FUSED_CASES)
+def test_fused_step_is_the_op_by_op_step(
+    k: int, signed: bool, legacy: bool, g: int, fusing: None
+) -> None:
+    """The compiled quantizer step (one kernel: sweep and normal equations) gives the same
+    values bit for bit, including values on thresholds, at the top level, NaN and ±inf; the
+    same top level, and the QEM system up to float32 rounding of the sums."""
+    gen = torch.Generator().manual_seed(1000 + 10 * k + g)
+    basis = torch.randn(g, k, generator=gen)  # (G, K), mixed signs
+    table = lq.code_table(k, signed)
+    levels, _, thresholds = lq.sorted_levels(basis, signed)
+    special = torch.tensor([math.nan, math.inf, -math.inf, 0.0]).expand(g, 4)
+    n = int(torch.randint(300, 3000, (), generator=gen))
+    x = torch.cat([torch.randn(g, n, generator=gen), thresholds, levels, special], dim=1)
+    x = x[:, torch.randperm(x.shape[1], generator=gen)]
+    for statistics in (True, False):
+        got = lq.quantize_step(x, basis, table, signed, legacy, statistics)
+        assert not lq._fused_system.failed  # the compiled code ran
+        assert not lq._fused_values.failed
+        fusion.set_enabled(False)
+        want = lq.quantize_step(x, basis, table, signed, legacy, statistics)
+        fusion.set_enabled(True)
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1], want[1])
+        if statistics:
+            assert got[2] is not None
+            assert want[2] is not None
+            assert torch.equal(got[2][..., :-1], want[2][..., :-1])  # BᵀB: counts, exact
+            finite = want[2][..., -1].isfinite()
+            assert torch.equal(got[2][..., -1].isfinite(), finite)  # a NaN reaches Bᵀx in both
+            torch.testing.assert_close(got[2][..., -1][finite], want[2][..., -1][finite])
+        else:
+            assert got[2] is None
+            assert want[2] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_quantizers_train_as_the_op_by_op_ones(device: str, fusing: None) -> None:
+    """A training forward and backward of both quantizers, compiled (C++ on the CPU, Triton on
+    CUDA) and op by op from the same state: equal outputs and gradients, QEM bases equal up to
+    float rounding."""
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(16, 8, 3, 3, generator=gen).to(device).requires_grad_()
+    a = torch.randn(4, 8, 6, 6, generator=gen).relu().to(device).requires_grad_()
+    runs = []
+    for fused in (True, False):
+        fusion.set_enabled(fused)
+        wq = lq.LQWeightQuantizer(2, 16, 16 * 9).to(device).train()
+        aq = lq.LQActQuantizer(3).to(device).train()
+        outs = [wq(w), aq(a), wq(w), aq(a)]  # two steps: the second uses the QEM-updated bases
+        grads = torch.autograd.grad(sum((o * o.detach()).sum() for o in outs), [w, a])
+        runs.append((outs, grads, wq.basis.clone(), aq.basis.clone()))
+    fusion.set_enabled(True)
+    (outs_f, grads_f, wb_f, ab_f), (outs_e, grads_e, wb_e, ab_e) = runs
+    assert not lq._fused_system.failed
+    for got, want in zip(outs_f[:2], outs_e[:2], strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(outs_f[2:], outs_e[2:], strict=True):
+        torch.testing.assert_close(got, want)  # bases moved by sums that may round apart
+    for got, want in zip(grads_f, grads_e, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(wb_f, wb_e)
+    torch.testing.assert_close(ab_f, ab_e)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -1,0 +1,103 @@
+"""Small hot functions run as one fused kernel through ``torch.compile``, eagerly where it fails.
+
+A quantizer's forward is a handful of element-wise passes and reductions over a whole activation
+tensor. Run op by op, each pass reads and writes the tensor again (CPU) or is one more kernel
+launch (GPU); compiled, they fuse into one loop (Inductor's C++ on the CPU, Triton on CUDA). On
+ResNet-20 the LQ-Nets activation sweep runs about 5x faster on the CPU that way.
+
+:class:`Fused` wraps such a function, with an op-by-op ``eager`` twin for when it cannot be
+compiled (by default the function itself). It compiles on first use (dynamic shapes, one graph),
+and if compiling or running the compiled code fails (no C++ compiler, no Triton, an unsupported
+device, more than torch.compile's 8 kinds of call of one function) it logs one warning and runs
+``eager`` from then on: the results are the same up to float rounding in reductions, which every
+caller must tolerate. Each kind of call (a bool argument's value, a dimension of size 1 or not, a
+dtype, a device, grad mode) is its own graph: keep those few per function.
+
+``QUANTCORE_FUSE=0`` in the environment (read at import) or :func:`set_enabled` turns compiling
+off for the whole process, e.g. for short test runs where compile time would dominate.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_enabled = os.environ.get("QUANTCORE_FUSE", "1") != "0"
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turn compiling on or off for every :class:`Fused` function; returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    return previous
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+class Fused(Generic[P, R]):
+    """``fn`` compiled with ``torch.compile(dynamic=True, fullgraph=True)`` on first call.
+
+    Runs ``eager`` (default: ``fn``) instead, for good, after the first failure; also while
+    compiling is disabled and inside an outer ``torch.compile``/``torch.export`` trace.
+    """
+
+    def __init__(self, fn: Callable[P, R], eager: Callable[P, R] | None = None) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.eager = eager if eager is not None else fn
+        self._compiled: Callable[P, R] | None = None
+        self._failed = False
+        self._lock = threading.Lock()
+
+    @property
+    def failed(self) -> bool:
+        """True once compiling or running the compiled code failed (``eager`` runs)."""
+        return self._failed
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not _enabled or self._failed or torch.compiler.is_compiling():
+            return self.eager(*args, **kwargs)
+        with self._lock:  # one compile at a time; later calls reuse it
+            if self._compiled is None:
+                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as exc:  # any compiler or toolchain error: the eager twin is the fallback
+            self._failed = True
+            log.warning(
+                "torch.compile of %s failed (%s: %s); running it op by op from now on",
+                getattr(self.fn, "__qualname__", self.fn),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            return self.eager(*args, **kwargs)
+
+
+def fused(
+    eager: Callable[P, R] | None = None,
+) -> Callable[[Callable[P, R]], Fused[P, R]]:
+    """Decorator form of :class:`Fused`: ``@fused()`` or ``@fused(eager=op_by_op_twin)``."""
+
+    def wrap(fn: Callable[P, R]) -> Fused[P, R]:
+        return Fused(fn, eager)
+
+    return wrap
+
+
+def reset(fn: Any) -> None:
+    """Forget ``fn``'s compiled code and failure (tests)."""
+    if isinstance(fn, Fused):
+        fn._compiled, fn._failed = None, False
