@@ -29,6 +29,10 @@ first; each round (``--repeats``, default 1) gives the median of ``--steps`` ste
 their ratio (target <= 1.5x), and the median of the per-pair ratios (more robust when other
 jobs share the CPU); with several rounds a last line gives the median of the rounds' pair
 ratios. ``--threads`` sets torch's CPU threads (default: torch's own choice).
+
+The quantizers' sweep runs compiled (``quantcore.fusion``) unless ``QUANTCORE_FUSE=0`` is set;
+the warm-up pairs (and the first accuracy row) include the one-time compile. Run once with
+``QUANTCORE_FUSE=0`` for the op-by-op numbers.
 """
 
 from __future__ import annotations

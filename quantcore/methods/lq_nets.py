@@ -66,9 +66,10 @@ Computation (same results as the literal §2.2 procedure; tested against it):
   Sums are accumulated in float32 by matrix products, so QEM solutions agree with a literal
   float32 implementation to float rounding (the reference vectors: rtol 1e-5), not bit for bit.
 - Where ``torch.compile`` works (:mod:`quantcore.fusion`: C++ on the CPU, Triton on CUDA; on by
-  default, ``QUANTCORE_FUSE=0`` turns it off) the sweep and the normal equations run as one
-  compiled kernel instead (:func:`selection_sweep`: ``where`` chains and masked sums, one pass
-  over the tensor): the same values bit for bit, the sums equal up to float rounding. The levels
+  default, ``QUANTCORE_FUSE=0`` turns it off) the training sweep and the normal equations run
+  as one compiled kernel instead (:func:`selection_sweep`: ``where`` chains and masked sums, one
+  pass over the tensor): the same values bit for bit, the sums equal up to float rounding. Eval
+  (and so a loaded artifact) stays op by op: inference never waits for a compiler. The levels
   are still ranked op by op, so every path quantizes to the same level values. On ResNet-20
   (CPU, 2 threads) this takes the W2A2 training step from 1.56x to 1.28x the float step.
 """
@@ -448,21 +449,18 @@ def quantize_step(
     :func:`code_table`.
 
     The levels are ranked op by op (a few tiny tensors), so ``y`` holds exactly the levels every
-    other path computes. The sweep (and the normal equations) run as one compiled kernel where
-    :mod:`quantcore.fusion` allows it, else op by op (:func:`level_sweep`).
+    other path computes. With ``statistics`` (training: the hot path) the sweep and the normal
+    equations run as one compiled kernel where :mod:`quantcore.fusion` allows it; without (eval,
+    a loaded artifact) op by op, so inference never waits for a compiler.
     """
     levels, sort_id, thresholds = sorted_levels(basis, signed, table)
     values = rank_values(levels, signed, legacy_lowest_code)  # (G, L)
+    if not statistics:
+        return level_sweep(rows, values, thresholds, statistics=False)[0], levels[:, -1], None
+    codes = qem_code_rows(sort_id, table, legacy_lowest_code).to(rows.dtype)  # (G, L, K)
     with torch.no_grad():  # one kind of compiled call whatever the caller's grad mode
-        if not statistics:
-            return _fused_values(rows, values, thresholds), levels[:, -1], None
-        codes = qem_code_rows(sort_id, table, legacy_lowest_code).to(rows.dtype)  # (G, L, K)
         y, system = _fused_system(rows, values, thresholds, codes)
     return y, levels[:, -1], system.to(basis.dtype)
-
-
-def _values(rows: Tensor, values: Tensor, thresholds: Tensor) -> Tensor:
-    return level_sweep(rows, values, thresholds, statistics=False)[0]
 
 
 def _system(
@@ -476,13 +474,8 @@ def _system(
     return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
 
 
-# Two compiled functions, not one with a ``statistics`` flag: each kind of call is its own graph
-# and torch.compile keeps 8 per function (activations 3 level counts, weights 4).
-@fusion.fused(eager=_values)
-def _fused_values(rows: Tensor, values: Tensor, thresholds: Tensor) -> Tensor:
-    return selection_sweep(rows, values, thresholds, statistics=False)[0]
-
-
+# Each kind of call is its own graph, and torch.compile keeps 8 per function: activations (one
+# row) at 4, 8 or 16 levels, weights (a row per channel) at 2, 4, 8 or 16.
 @fusion.fused(eager=_system)
 def _fused_system(
     rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor

@@ -370,7 +370,6 @@ def test_fused_step_is_the_op_by_op_step(
     for statistics in (True, False):
         got = lq.quantize_step(x, basis, table, signed, legacy, statistics)
         assert not lq._fused_system.failed  # the compiled code ran
-        assert not lq._fused_values.failed
         fusion.set_enabled(False)
         want = lq.quantize_step(x, basis, table, signed, legacy, statistics)
         fusion.set_enabled(True)
