@@ -8,10 +8,13 @@ ResNet-20 the LQ-Nets activation sweep runs about 5x faster on the CPU that way.
 :class:`Fused` wraps such a function, with an op-by-op ``eager`` twin for when it cannot be
 compiled (by default the function itself). It compiles on first use (dynamic shapes, one graph),
 and if compiling or running the compiled code fails (no C++ compiler, no Triton, an unsupported
-device, more than torch.compile's 8 kinds of call of one function) it logs one warning and runs
-``eager`` from then on: the results are the same up to float rounding in reductions, which every
-caller must tolerate. Each kind of call (a bool argument's value, a dimension of size 1 or not, a
-dtype, a device, grad mode) is its own graph: keep those few per function.
+device, more kinds of call of one function than torch.compile keeps) it logs one warning and
+runs ``eager`` from then on: the results are the same up to float rounding in reductions, which
+every caller must tolerate. Each kind of call (a bool argument's value, a dimension of size 1 or
+not, a view's base shape, a dtype, a device, grad mode) is its own graph: keep those few per
+function (pass non-view tensors: ``t.detach()`` of a view is one). A long-running worker meets
+many, so the first compile raises ``torch.compiler.config.recompile_limit`` (8 graphs per
+function by default) to :data:`RECOMPILE_LIMIT`.
 
 ``QUANTCORE_FUSE=0`` in the environment (read at import) or :func:`set_enabled` turns compiling
 off for the whole process, e.g. for short test runs where compile time would dominate.
@@ -34,6 +37,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _enabled = os.environ.get("QUANTCORE_FUSE", "1") != "0"
+RECOMPILE_LIMIT = 32  # graphs kept per compiled function (torch's default: 8)
 
 
 def set_enabled(enabled: bool) -> bool:
@@ -72,6 +76,8 @@ class Fused(Generic[P, R]):
             return self.eager(*args, **kwargs)
         with self._lock:  # one compile at a time; later calls reuse it
             if self._compiled is None:
+                config = torch.compiler.config
+                config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
                 self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         try:
             return self._compiled(*args, **kwargs)

@@ -459,7 +459,9 @@ def quantize_step(
         return level_sweep(rows, values, thresholds, statistics=False)[0], levels[:, -1], None
     codes = qem_code_rows(sort_id, table, legacy_lowest_code).to(rows.dtype)  # (G, L, K)
     with torch.no_grad():  # one kind of compiled call whatever the caller's grad mode
-        y, system = _fused_system(rows, values, thresholds, codes)
+        # detach(): the same memory, but no longer a view of the layer's tensor, whose shape
+        # torch.compile would otherwise guard on (one more graph per layer shape)
+        y, system = _fused_system(rows.detach(), values, thresholds, codes)
     return y, levels[:, -1], system.to(basis.dtype)
 
 
@@ -474,8 +476,8 @@ def _system(
     return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
 
 
-# Each kind of call is its own graph, and torch.compile keeps 8 per function: activations (one
-# row) at 4, 8 or 16 levels, weights (a row per channel) at 2, 4, 8 or 16.
+# Each kind of call is its own graph: activations (one row) at 4, 8 or 16 levels, weights (a row
+# per channel) at 2, 4, 8 or 16; a worker that runs every bit width keeps all 7.
 @fusion.fused(eager=_system)
 def _fused_system(
     rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor

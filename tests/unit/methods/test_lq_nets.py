@@ -388,6 +388,23 @@ def test_fused_step_is_the_op_by_op_step(
 
 
 @pytest.mark.slow
+def test_a_worker_running_every_bit_width_stays_compiled(fusing: None) -> None:
+    """One process, the layer shapes of LeNet5 (conv and linear, weights and activations), a
+    full and a last partial batch, at every W/A of the seed's grid: the compiled step never
+    falls back (it once did, after three jobs: a graph per view shape, 8 graphs per function)."""
+    gen = torch.Generator().manual_seed(11)
+    weights = [torch.randn(50, 20, 5, 5, generator=gen), torch.randn(500, 800, generator=gen)]
+    for w_bits, a_bits in [(1, 2), (2, 2), (3, 3), (4, 4)]:
+        for w in weights:
+            lq.LQWeightQuantizer(w_bits, w.shape[0], w.shape[0]).train()(w)
+        for batch in (128, 96):
+            act = lq.LQActQuantizer(a_bits).train()
+            act(torch.randn(batch, 20, 12, 12, generator=gen).relu())
+            act(torch.randn(batch, 800, generator=gen).relu())
+        assert not lq._fused_system.failed, (w_bits, a_bits)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_fused_quantizers_train_as_the_op_by_op_ones(device: str, fusing: None) -> None:
     """A training forward and backward of both quantizers, compiled (C++ on the CPU, Triton on
