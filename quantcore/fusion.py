@@ -74,12 +74,11 @@ class Fused(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if not _enabled or self._failed or torch.compiler.is_compiling():
             return self.eager(*args, **kwargs)
-        with self._lock:  # one compile at a time; later calls reuse it
-            if self._compiled is None:
-                config = torch.compiler.config
-                config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         try:
+            with self._lock:  # one wrapper; torch.compile compiles lazily, on its first call
+                if self._compiled is None:
+                    _keep_more_graphs()
+                    self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
             return self._compiled(*args, **kwargs)
         except Exception as exc:  # any compiler or toolchain error: the eager twin is the fallback
             self._failed = True
@@ -90,6 +89,14 @@ class Fused(Generic[P, R]):
                 str(exc).splitlines()[0] if str(exc) else "",
             )
             return self.eager(*args, **kwargs)
+
+
+def _keep_more_graphs() -> None:
+    """Raise torch.compile's graphs-per-function limit to :data:`RECOMPILE_LIMIT` (never lower
+    it; a torch without the setting keeps its own)."""
+    config = getattr(torch.compiler, "config", None)
+    if config is not None and isinstance(getattr(config, "recompile_limit", None), int):
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
 
 
 def fused(
