@@ -8,6 +8,7 @@ val splits, class count, input shape, normalisation); ``list_datasets()`` descri
 from quantcore.data.builtin import list_datasets, load_dataset
 from quantcore.data.bundle import DataBundle, DatasetInfo
 from quantcore.data.subset import LabelledSubset, subset
+from quantcore.data.tensors import repeatable
 
 __all__ = [
     "DataBundle",
@@ -15,5 +16,6 @@ __all__ = [
     "LabelledSubset",
     "list_datasets",
     "load_dataset",
+    "repeatable",
     "subset",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from quantcore.data.transforms import BatchTransform, normalize, resize, to_unit_float
 
@@ -68,3 +68,12 @@ class TensorImageDataset(Dataset[tuple[Tensor, int]]):
         index = torch.as_tensor(indices, dtype=torch.int64)
         images = self._prepare(self.images[index])  # (B, C, H', W')
         return list(zip(images.unbind(0), self.targets[index].tolist(), strict=True))
+
+
+def repeatable(dataset: Dataset) -> bool:
+    """True when reading an item of ``dataset`` twice gives the same tensor: a
+    :class:`TensorImageDataset` without augmentation, or a ``Subset`` of one. Unknown dataset
+    types count as not repeatable."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorImageDataset) and dataset.augment is None

@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from quantcore import zoo
 from quantcore.artifact import ModelSpec, load_artifact, save_artifact
 from quantcore.context import RunContext
-from quantcore.data import DataBundle, load_dataset
+from quantcore.data import DataBundle, load_dataset, subset
+from quantcore.data.tensors import TensorImageDataset
 from quantcore.errors import Cancelled, InvalidParams
 from quantcore.layers import QuantConv2d, quant_layers
 from quantcore.methods import l_dnq as L
@@ -561,6 +562,55 @@ def _run(digits: DataBundle, ctx: RunContext, **extra: Any) -> tuple[nn.Module, 
     method = L.LDNQ()
     params = parse_params("l_dnq", {**FAST, **extra})
     return method.quantize(model, digits, params, ctx), method
+
+
+def test_fixed_targets_are_the_teachers_logits_where_they_cannot_change(
+    digits: DataBundle,
+) -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("lenet5", num_classes=10, in_channels=1)
+    part = subset(digits.train, 0.1, seed=int(torch.randint(0, 1000, ())), balanced=False)
+    ctx = RunContext()
+    targets = L.fixed_targets(teacher, part, "train", 16, ctx)
+    assert targets is not None
+    x = torch.stack([part[i][0] for i in range(len(part))])
+    torch.testing.assert_close(targets, teacher(x), rtol=1e-5, atol=1e-5)
+
+
+def test_no_fixed_targets_with_augmentation_batch_statistics_or_too_many_logits(
+    digits: DataBundle,
+) -> None:
+    ctx = RunContext()
+    lenet = zoo.build("lenet5", num_classes=10, in_channels=1)
+    part = subset(digits.train, 0.1, seed=0, balanced=False)
+    images = digits.train.images  # type: ignore[attr-defined]
+    flipped = TensorImageDataset(
+        images, digits.train.targets, mean=(0.5,), std=(0.5,), augment=lambda x: x.flip(-1)
+    )
+    assert L.fixed_targets(lenet, subset(flipped, 0.1, seed=0), "train", 16, ctx) is None
+    resnet = zoo.build("resnet20", num_classes=10, in_channels=1)  # BatchNorm
+    assert L.fixed_targets(resnet, part, "train", 16, ctx) is None
+    assert L.fixed_targets(resnet, part, "eval", 16, ctx) is not None  # running statistics
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # 7,850 parameters
+    big = subset(digits.train, 1.0, seed=0, balanced=False)  # > 7,850 / 10 images
+    assert L.fixed_targets(tiny, big, "train", 64, ctx) is None
+    assert L.fixed_targets(tiny, subset(digits.train, 0.3, seed=0), "train", 64, ctx) is not None
+
+
+@pytest.mark.slow
+def test_cached_targets_train_as_the_per_step_teacher(digits: DataBundle) -> None:
+    """The cascade with the logits computed once ends where the per-step teacher's does, up to
+    float rounding: the same batches, the same epochs."""
+    runs = []
+    for cache in (True, False):
+        model, method = _run(
+            digits, RunContext(), cascade_cache_targets=cache, cascade_max_epochs=2, data_ratio=0.1
+        )
+        runs.append((model.state_dict(), method.layer_records))
+    (cached, rec_c), (direct, rec_d) = runs
+    assert [r.cascade_epochs for r in rec_c] == [r.cascade_epochs for r in rec_d]
+    for name, value in cached.items():
+        torch.testing.assert_close(value, direct[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_method_is_registered_with_a_valid_schema() -> None:
