@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import torch
+from torch.utils import _python_dispatch  # private, stable: the only way to see the modes
+from torch.utils import _pytree as pytree
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,16 @@ class Fused(Generic[P, R]):
                 if self._compiled is None:
                     _keep_more_graphs()
                     self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
-            return self._compiled(*args, **kwargs)
+            if not _python_dispatch.is_in_torch_dispatch_mode():
+                return self._compiled(*args, **kwargs)
+            # Under a dispatch mode (the CPU worker's TensorPeakMeter) Dynamo compiles nothing.
+            # Run the compiled code with the modes set aside, then show them the outputs
+            # through a view each, so a memory meter counts their storages. The fused kernels
+            # allocate little else.
+            with _python_dispatch._disable_current_modes():
+                out = self._compiled(*args, **kwargs)
+            pytree.tree_map_only(torch.Tensor, lambda t: t.view_as(t), out)
+            return out
         except Exception as exc:  # any compiler or toolchain error: the eager twin is the fallback
             self._failed = True
             log.warning(

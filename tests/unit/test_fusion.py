@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from quantcore import fusion
+from quantcore.memory import TensorPeakMeter
 
 
 @pytest.fixture
@@ -44,6 +45,21 @@ def test_compiled_function_gives_the_plain_functions_result(fusing: None) -> Non
     for got, want in results:
         assert torch.equal(got, want)
     assert not f.failed
+
+
+@pytest.mark.slow
+def test_compiled_code_runs_under_the_workers_memory_meter(fusing: None) -> None:
+    """A CPU worker measures a job's peak with TensorPeakMeter, a dispatch mode under which
+    torch.compile compiles nothing: the compiled code still runs, and the meter counts its
+    outputs."""
+    f = fusion.Fused(_scale_shift)
+    x, a = torch.randn(1 << 20), torch.rand(())
+    with TensorPeakMeter() as meter:
+        y = f(x, a)
+        assert meter.live >= y.numel() * y.element_size()
+    assert torch.equal(y, _scale_shift(x, a))
+    assert not f.failed
+    assert meter.peak >= y.numel() * y.element_size()
 
 
 def test_a_failing_compile_falls_back_once_and_for_good(
