@@ -16,6 +16,10 @@ function (pass non-view tensors: ``t.detach()`` of a view is one). A long-runnin
 many, so the first compile raises ``torch.compiler.config.recompile_limit`` (8 graphs per
 function by default) to :data:`RECOMPILE_LIMIT`.
 
+Under a torch dispatch mode (the CPU worker's ``quantcore.memory.TensorPeakMeter``) Dynamo
+compiles nothing, so the compiled code runs with the modes set aside and its outputs are then
+shown to them, which lets a memory meter count them.
+
 ``QUANTCORE_FUSE=0`` in the environment (read at import) or :func:`set_enabled` turns compiling
 off for the whole process, e.g. for short test runs where compile time would dominate.
 """
