@@ -326,15 +326,14 @@ def level_sweep(
     return y, torch.stack(counts).sum(0), torch.stack(sums).sum(0)
 
 
-def selection_sweep(
-    x: Tensor, values: Tensor, thresholds: Tensor, statistics: bool
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """:func:`level_sweep` as selections and masked reductions, which ``torch.compile`` fuses
-    into one pass over x (run op by op it would make L full-size temporaries). The value is a
-    chain of ``where`` from the top level down: exactly the level, as the masked sum there (NaN
-    is not ≤ any threshold: the top level, as there). The per-rank counts and sums are the
-    differences of the cumulative ones over [x ≤ t_k] and over all of x: the counts exact, the
-    sums equal up to float rounding (a -inf input makes its rank's sum NaN instead of -inf)."""
+def selection_sweep(x: Tensor, values: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`level_sweep` with statistics, as selections and masked reductions, which
+    ``torch.compile`` fuses into one pass over x (run op by op it would make L full-size
+    temporaries). The value is a chain of ``where`` from the top level down: exactly the level,
+    as the masked sum there (NaN is not ≤ any threshold: the top level, as there). The per-rank
+    counts and sums are the differences of the cumulative ones over [x ≤ t_k] and over all of
+    x: the counts exact, the sums equal up to float rounding (a -inf input makes its rank's sum
+    NaN instead of -inf)."""
     big_l = values.shape[1]
     vals = values.to(x.dtype)  # (G, L)
     cuts = thresholds.to(x.dtype)  # (G, L-1)
@@ -342,8 +341,6 @@ def selection_sweep(
     y = vals[:, big_l - 1 :].expand_as(x)  # (G, n)
     for k in range(big_l - 2, -1, -1):
         y = torch.where(below[k], vals[:, k : k + 1], y)
-    if not statistics:
-        return y, None, None
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     total = torch.full_like(x[:, :1], x.shape[1], dtype=torch.int64)  # (G, 1)
     at_most = torch.cat([*(b.sum(1, keepdim=True) for b in below), total], 1)  # (G, L)
@@ -465,6 +462,11 @@ def quantize_step(
     return y, levels[:, -1], system.to(basis.dtype)
 
 
+def _stacked_system(counts: Tensor, sums: Tensor, codes: Tensor) -> Tensor:
+    btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
+    return torch.cat([btb, btx.unsqueeze(-1)], -1)  # (G, K, K+1)
+
+
 def _system(
     rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -472,8 +474,7 @@ def _system(
     y, counts, sums = level_sweep(rows, values, thresholds)
     assert counts is not None
     assert sums is not None
-    btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
-    return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
+    return y, _stacked_system(counts, sums, codes)
 
 
 # Each kind of call is its own graph: activations (one row) at 4, 8 or 16 levels, weights (a row
@@ -482,11 +483,8 @@ def _system(
 def _fused_system(
     rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor
 ) -> tuple[Tensor, Tensor]:
-    y, counts, sums = selection_sweep(rows, values, thresholds, statistics=True)
-    assert counts is not None
-    assert sums is not None
-    btb, btx = normal_equations_from_levels(counts, sums, codes)  # (G, K, K), (G, K)
-    return y, torch.cat([btb, btx.unsqueeze(-1)], -1)
+    y, counts, sums = selection_sweep(rows, values, thresholds)
+    return y, _stacked_system(counts, sums, codes)
 
 
 # ---------------------------------------------------------------------------------------------
