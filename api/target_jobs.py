@@ -57,7 +57,7 @@ def arms(method: str, params: dict[str, Any], spec: dict[str, Any]) -> list[Arm]
 
 def _spawn(session: Session, parent: Job, arm: Arm, indices: list[int]) -> list[Job]:
     kids = []
-    kind = device_type(largest_device(session))  # any worker's row: one of them runs it
+    kind = device_type(largest_device(session))  # the kind admission estimated the search for
     for index in indices:
         params = child_params(arm.method, arm.params, arm.param, arm.values[index])
         kids.append(

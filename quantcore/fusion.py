@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 import torch
 from torch.utils import _python_dispatch  # private, stable: the only way to see the modes
@@ -51,10 +51,6 @@ def set_enabled(enabled: bool) -> bool:
     global _enabled
     previous, _enabled = _enabled, enabled
     return previous
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 class Fused(Generic[P, R]):
@@ -112,20 +108,3 @@ def _keep_more_graphs() -> None:
     config = getattr(torch.compiler, "config", None)
     if config is not None and isinstance(getattr(config, "recompile_limit", None), int):
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-
-
-def fused(
-    eager: Callable[P, R] | None = None,
-) -> Callable[[Callable[P, R]], Fused[P, R]]:
-    """Decorator form of :class:`Fused`: ``@fused()`` or ``@fused(eager=op_by_op_twin)``."""
-
-    def wrap(fn: Callable[P, R]) -> Fused[P, R]:
-        return Fused(fn, eager)
-
-    return wrap
-
-
-def reset(fn: Any) -> None:
-    """Forget ``fn``'s compiled code and failure (tests)."""
-    if isinstance(fn, Fused):
-        fn._compiled, fn._failed = None, False

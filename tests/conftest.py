@@ -5,19 +5,22 @@ otherwise outlive the run and take messages from a later run's queue.
 
 ``QUANTCORE_FUSE`` defaults to 0 here (and so in the worker processes the tests start): compiling
 the fused quantizer kernels takes tens of seconds per process and kind of call, more than the
-short trainings of most tests. tests/unit/test_fusion.py turns it on and holds the compiled code
-to the op-by-op code it replaces."""
+short trainings of most tests. The tests of the compiled code (tests/unit/test_fusion.py, the
+fused tests of tests/unit/methods/test_lq_nets.py) turn it on with the ``fusing`` fixture."""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 import pytest
 import torch
 
 os.environ.setdefault("QUANTCORE_FUSE", "0")
+
+from quantcore import fusion  # after the default above: fusion reads it at import
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -35,3 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fusing() -> Iterator[None]:
+    """Compiling on for one test; afterwards torch.compile forgets its graphs, so each test's
+    kinds of call count alone toward its limit per function."""
+    previous = fusion.set_enabled(True)
+    yield
+    fusion.set_enabled(previous)
+    torch.compiler.reset()

@@ -477,14 +477,17 @@ def _system(
     return y, _stacked_system(counts, sums, codes)
 
 
-# Each kind of call is its own graph: activations (one row) at 4, 8 or 16 levels, weights (a row
-# per channel) at 2, 4, 8 or 16; a worker that runs every bit width keeps all 7.
-@fusion.fused(eager=_system)
-def _fused_system(
+def _selection_system(
     rows: Tensor, values: Tensor, thresholds: Tensor, codes: Tensor
 ) -> tuple[Tensor, Tensor]:
+    """:func:`_system` through :func:`selection_sweep`: what :data:`_fused_system` compiles."""
     y, counts, sums = selection_sweep(rows, values, thresholds)
     return y, _stacked_system(counts, sums, codes)
+
+
+# Each kind of call is its own graph: activations (one row) at 4, 8 or 16 levels, weights (a row
+# per channel) at 2, 4, 8 or 16; a worker that runs every bit width keeps all 7.
+_fused_system = fusion.Fused(_selection_system, eager=_system)
 
 
 # ---------------------------------------------------------------------------------------------

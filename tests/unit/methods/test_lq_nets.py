@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -338,15 +337,6 @@ def test_training_sweep_is_encode_exactly_and_its_statistics_are_the_normal_equa
     torch.testing.assert_close(btx, ref_btx, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def fusing() -> Iterator[None]:
-    """The compiled (fused) quantizer kernels on (tests/conftest.py turns them off elsewhere)."""
-    previous = fusion.set_enabled(True)
-    yield
-    fusion.set_enabled(previous)
-    torch.compiler.reset()  # each test's kinds of call count alone toward the 8 per function
-
-
 # (K, signed, legacy, G): a few kinds of call, within torch.compile's 8 graphs per function.
 FUSED_CASES = [(1, True, True, 5), (2, False, True, 1), (3, True, False, 1), (4, False, False, 5)]
 
@@ -367,24 +357,23 @@ def test_fused_step_is_the_op_by_op_step(
     n = int(torch.randint(300, 3000, (), generator=gen))
     x = torch.cat([torch.randn(g, n, generator=gen), thresholds, levels, special], dim=1)
     x = x[:, torch.randperm(x.shape[1], generator=gen)]
-    for statistics in (True, False):
-        got = lq.quantize_step(x, basis, table, signed, legacy, statistics)
-        assert not lq._fused_system.failed  # the compiled code ran
-        fusion.set_enabled(False)
-        want = lq.quantize_step(x, basis, table, signed, legacy, statistics)
-        fusion.set_enabled(True)
-        assert torch.equal(got[0], want[0])
-        assert torch.equal(got[1], want[1])
-        if statistics:
-            assert got[2] is not None
-            assert want[2] is not None
-            assert torch.equal(got[2][..., :-1], want[2][..., :-1])  # BᵀB: counts, exact
-            finite = want[2][..., -1].isfinite()
-            assert torch.equal(got[2][..., -1].isfinite(), finite)  # a NaN reaches Bᵀx in both
-            torch.testing.assert_close(got[2][..., -1][finite], want[2][..., -1][finite])
-        else:
-            assert got[2] is None
-            assert want[2] is None
+    got = lq.quantize_step(x, basis, table, signed, legacy, True)
+    assert not lq._fused_system.failed  # the compiled code ran
+    fusion.set_enabled(False)
+    want = lq.quantize_step(x, basis, table, signed, legacy, True)
+    fusion.set_enabled(True)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    assert got[2] is not None
+    assert want[2] is not None
+    assert torch.equal(got[2][..., :-1], want[2][..., :-1])  # BᵀB: counts, exact
+    finite = want[2][..., -1].isfinite()
+    assert torch.equal(got[2][..., -1].isfinite(), finite)  # a NaN reaches Bᵀx in both
+    torch.testing.assert_close(got[2][..., -1][finite], want[2][..., -1][finite])
+    # eval (op by op, never compiled) quantizes to exactly what the compiled training step did
+    evaluated = lq.quantize_step(x, basis, table, signed, legacy, False)
+    assert torch.equal(evaluated[0], got[0])
+    assert evaluated[2] is None
 
 
 @pytest.mark.slow
