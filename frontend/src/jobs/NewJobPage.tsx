@@ -86,16 +86,20 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
 
+  // Defaults once the lists arrive. Functional updates: an effect runs after the paint, so the
+  // user may already have picked something, which a value from the effect's render would undo.
   useEffect(() => {
-    if (!modelId && models.data?.items.length) setModelId(String(models.data.items[0].id));
+    const first = models.data?.items[0];
+    if (first) setModelId((id) => id || String(first.id));
   }, [models.data]);
   useEffect(() => {
     const first = datasets.data?.find((d) => d.available);
-    if (!dataset && first)
-      setDataset(first.id != null ? `upload:${first.id}` : `builtin:${first.name}`);
+    if (first)
+      setDataset((d) => d || (first.id != null ? `upload:${first.id}` : `builtin:${first.name}`));
   }, [datasets.data]);
   useEffect(() => {
-    if (methods.data && !chosen.length) setChosen([methods.data[0].name]);
+    const first = methods.data?.[0];
+    if (first) setChosen((list) => (list.length ? list : [first.name]));
   }, [methods.data]);
 
   const byName = new Map((methods.data ?? []).map((m) => [m.name, m]));
