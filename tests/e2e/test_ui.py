@@ -59,6 +59,13 @@ def assert_fits(page: Page, what: str) -> None:
     assert overflow <= 0, f"{what} is {overflow}px wider than a {page.viewport_size} window"
 
 
+def method_boxes(page: Page) -> list[Locator]:
+    """The "Compare methods" checkboxes, once the method list has arrived (they render together)."""
+    boxes = page.locator('input[name="methods"]')
+    expect(boxes.first).to_be_visible()
+    return boxes.all()
+
+
 def upload_model_via_api(page: Page, weights: Path, name: str) -> int:
     response = page.request.post(
         "/api/v1/models",
@@ -268,7 +275,7 @@ def test_compare_methods_on_one_model(page: Page, shots: Shots, lenet_weights: P
     page.goto(f"/jobs/new?model={model_id}")
     page.get_by_label("Dataset").select_option("builtin:digits")
     page.get_by_label("Compare methods", exact=False).check()
-    for box in page.locator('input[name="methods"]').all():
+    for box in method_boxes(page):
         box.uncheck()
     page.get_by_role("checkbox", name="Uniform", exact=False).check()
     page.get_by_role("checkbox", name="LQ-Nets", exact=False).check()
@@ -333,11 +340,10 @@ def test_every_control_is_labelled_and_the_keyboard_reaches_the_pages(
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         if path == "/jobs/new":  # draw every method's generated form at once
             page.get_by_label("Compare methods", exact=False).check()
-            for box in page.locator('input[name="methods"]').all():
+            boxes = method_boxes(page)
+            for box in boxes:
                 box.check()
-            expect(page.locator("fieldset.method-params")).to_have_count(
-                page.locator('input[name="methods"]').count()
-            )
+            expect(page.locator("fieldset.method-params")).to_have_count(len(boxes))
             # The papers' presets name fields of the server's schemas (else they are hidden).
             for preset in ("LQ-Nets W2A2", "ALQ 0.7 bits", "L-DNQ kbits 5", "QNets 3-bit weights"):
                 expect(page.get_by_role("button", name=preset)).to_be_visible()

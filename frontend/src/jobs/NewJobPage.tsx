@@ -2,7 +2,7 @@
 // "Compare methods" launches one job per chosen method on the same model, data, seed and batch.
 // "Accuracy target" launches one search job: child jobs try the values of a method's size knob
 // (and optionally of other methods' knobs) and the search reports the winner.
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import { api, ApiFailure, call, type FieldProblem, type MethodPublic } from "../api/client";
 import { type Draft, draftOf, FieldError, paramsOf, ParamsForm } from "../components/ParamsForm";
 import { ErrorMessage, Section, useLoad } from "../components/ui";
@@ -72,10 +72,10 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
   );
   const datasets = useLoad(() => call(api.GET("/api/v1/datasets")));
   const methods = useLoad(() => call(api.GET("/api/v1/methods")));
-  const [modelId, setModelId] = useState(query.get("model") ?? "");
-  const [dataset, setDataset] = useState("");
+  const [pickedModel, setModelId] = useState(query.get("model") ?? "");
+  const [pickedDataset, setDataset] = useState("");
   const [mode, setMode] = useState<Mode>(query.get("mode") === "target" ? "target" : "one");
-  const [chosen, setChosen] = useState<string[]>([]);
+  const [picked, setPicked] = useState<string[] | null>(null);
   const [drafts, setDrafts] = useState<Record<string, Draft>>({});
   const [batchSize, setBatchSize] = useState("128");
   const [seed, setSeed] = useState("0");
@@ -86,21 +86,24 @@ export function NewJobPage({ query }: { query: URLSearchParams }) {
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
 
-  // Defaults once the lists arrive. Functional updates: an effect runs after the paint, so the
-  // user may already have picked something, which a value from the effect's render would undo.
-  useEffect(() => {
-    const first = models.data?.items[0];
-    if (first) setModelId((id) => id || String(first.id));
-  }, [models.data]);
-  useEffect(() => {
-    const first = datasets.data?.find((d) => d.available);
-    if (first)
-      setDataset((d) => d || (first.id != null ? `upload:${first.id}` : `builtin:${first.name}`));
-  }, [datasets.data]);
-  useEffect(() => {
-    const first = methods.data?.[0];
-    if (first) setChosen((list) => (list.length ? list : [first.name]));
-  }, [methods.data]);
+  // Until the user picks, the first of each list. Derived in the render, not set by an effect:
+  // effects run after the paint, and a choice made in between (a fast user, a browser test)
+  // would be undone or raced.
+  const firstModel = models.data?.items[0];
+  const modelId = pickedModel || (firstModel ? String(firstModel.id) : "");
+  const firstData = datasets.data?.find((d) => d.available);
+  const dataset =
+    pickedDataset ||
+    (firstData
+      ? firstData.id != null
+        ? `upload:${firstData.id}`
+        : `builtin:${firstData.name}`
+      : "");
+  const firstMethod = methods.data?.[0]?.name;
+  const defaultChosen = firstMethod ? [firstMethod] : [];
+  const chosen = picked ?? defaultChosen;
+  const setChosen = (next: string[] | ((list: string[]) => string[])) =>
+    setPicked((list) => (typeof next === "function" ? next(list ?? defaultChosen) : next));
 
   const byName = new Map((methods.data ?? []).map((m) => [m.name, m]));
   const draftFor = (m: MethodPublic) => drafts[m.name] ?? draftOf(m.params_schema);
