@@ -132,6 +132,12 @@ def footprint(model: nn.Module, input_shape: tuple[int, ...]) -> Footprint:
     )
 
 
+def meta_train_step(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> int:
+    """Tensor peak of one float training step (as :meth:`Footprint.train_step`) of ``model``,
+    a module on the ``meta`` device taking inputs of ``input_shape`` (without the batch)."""
+    return _meta_peak(model, tuple(input_shape), batch, train=True)
+
+
 @lru_cache(maxsize=256)
 def _meta_peak(model: nn.Module, input_shape: tuple[int, ...], batch: int, *, train: bool) -> int:
     """Tensor peak of one float training step (or evaluation forward) of a meta model."""

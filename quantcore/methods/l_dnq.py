@@ -54,6 +54,15 @@ Where this port and the official code differ (default first):
   rounding of a different batch composition), and the float copy is released. On LeNet5 this
   takes about a third off each cascade step (40 to 26 ms on the 2-core CPU). ResNets' teacher
   runs BatchNorm in training mode (official), so they keep the per-step forward.
+- Frozen prefix: the official code runs the whole network at every cascade step. Where the
+  front of the partly quantized network trains nothing and depends on its input alone (no
+  BatchNorm or dropout in training mode, nothing random; in LeNet5 everything up to the
+  first trainable parameter), its output on the subset is computed once per layer and the
+  steps run the rest on it (``cascade_cache_prefix``, on by default; equal up to float
+  rounding, the same batches and stop decisions). It needs a subset without augmentation and
+  takes at most one float training step's memory, which the estimate counts. ResNets gain
+  little: every BatchNorm trains, so their front ends at the first conv. Together with a
+  frozen weight being rounded once (:class:`PowerOfTwoLevels`), this halves a LeNet5 run.
 - Not logged: the official test-set evaluation after every layer (logging only there).
 - Precision: H and ADMM run in float64; the stored α is float32 and the layer's latent weight
   becomes α₃₂·m exactly, so rounding it again at α gives the same codes.
@@ -74,7 +83,7 @@ from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
@@ -83,8 +92,8 @@ from torch.utils.data import DataLoader, Dataset
 from quantcore.context import RunContext
 from quantcore.data import DataBundle, repeatable, subset
 from quantcore.errors import InvalidModel, NothingQuantized
-from quantcore.layers import QuantConv2d, QuantLinear, WeightQuantizer
-from quantcore.memory import FLOAT, Footprint, training_parts
+from quantcore.layers import InputQuantizer, QuantAct, QuantConv2d, QuantLinear, WeightQuantizer
+from quantcore.memory import FLOAT, Footprint, footprint, meta_train_step, training_parts
 from quantcore.methods.base import Method, MethodParams
 from quantcore.qweight import CodebookKind, Grouping, QuantizedWeight
 from quantcore.surgery import find_layers, set_submodule
@@ -174,6 +183,14 @@ class LDNQParams(MethodParams):
         "step, where they cannot change (no augmentation, no BatchNorm or dropout in the "
         "teacher's mode) and fit in the teacher's memory, which they replace. Same targets up "
         "to float rounding.",
+    )
+    cascade_cache_prefix: bool = Field(
+        True,
+        description="Compute the frozen front of the partly quantized network (quantized layers "
+        "and what lies between them, up to the first trainable or batch-dependent module) on "
+        "the subset once per layer and train the rest on it, where the subset has no "
+        "augmentation and the result fits in one training step's memory. Same outputs up to "
+        "float rounding.",
     )
 
 
@@ -542,6 +559,11 @@ class PowerOfTwoLevels(WeightQuantizer):
     L-DNQ writes α·Q into the latent weight and freezes it, so rounding at the stored α gives Q
     back exactly. Export: codes (1, numel) = index into the ascending levels, codebook (1, K) =
     α·m, ⌈log₂K⌉ bits. Straight-through gradient in training (the weight is frozen anyway).
+
+    A weight that needs no gradient is rounded once and the result reused until the weight or
+    α changes (same tensor objects, same in-place version counters): every cascade step runs
+    the forward of every layer already quantized, and rounding them again took about a tenth of
+    a LeNet5 cascade step.
     """
 
     alpha: Tensor  # () float32 buffer
@@ -551,6 +573,7 @@ class PowerOfTwoLevels(WeightQuantizer):
         self.kbits = kbits
         self.legacy_ties = legacy_ties
         self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+        self._memo: tuple[tuple[object, ...], Tensor, Tensor, Tensor] | None = None
 
     def export(self, w: Tensor) -> QuantizedWeight:
         shape = tuple(w.shape)
@@ -570,9 +593,24 @@ class PowerOfTwoLevels(WeightQuantizer):
             kind=CodebookKind.LEVELS,
         )
 
+    def _memo_key(self, w: Tensor) -> tuple[object, ...]:
+        a = self.alpha
+        return (w.data_ptr(), w.device, w.dtype, w.shape, w._version, a.data_ptr(), a._version)
+
     def forward(self, w: Tensor) -> Tensor:
-        q = super().forward(w)
-        return w + (q - w).detach()
+        if w.requires_grad or torch.is_inference_mode_enabled():
+            q = super().forward(w)
+            return w + (q - w).detach()
+        key = self._memo_key(w)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[3]
+        with torch.no_grad():
+            q = super().forward(w)
+            out = w + (q - w)  # the straight-through path's values, bit for bit
+        # The memo holds w's and α's storage (detach shares it), so their addresses in the key
+        # cannot be reused by other tensors while it lives.
+        self._memo = (key, w.detach(), self.alpha.detach(), out)
+        return out
 
     def extra_repr(self) -> str:
         return f"kbits={self.kbits}, alpha={float(self.alpha):.6g}"
@@ -672,6 +710,19 @@ class _Indexed(Dataset[tuple[Tensor, int]]):
         return [(item[0], i) for item, i in zip(items, indices, strict=True)]
 
 
+class _Positions(Dataset[int]):
+    """The indices 0..n−1 (a loader over it shuffles exactly as one over n images)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
 def fixed_targets(
     teacher: nn.Module, part: Dataset, mode: str, batch_size: int, ctx: RunContext
 ) -> Tensor | None:
@@ -707,6 +758,181 @@ def fixed_targets(
     return out
 
 
+# Calls whose result is random: never part of a cached prefix.
+_RANDOM_FUNCTIONS: frozenset[object] = frozenset(
+    {
+        F.dropout,
+        F.dropout1d,
+        F.dropout2d,
+        F.dropout3d,
+        F.alpha_dropout,
+        F.feature_alpha_dropout,
+        torch.dropout,
+        torch.bernoulli,
+        torch.normal,
+        torch.multinomial,
+        torch.rand,
+        torch.rand_like,
+        torch.randn,
+        torch.randn_like,
+        torch.randint,
+        torch.randint_like,
+        torch.randperm,
+    }
+)
+_RANDOM_METHODS = frozenset({"bernoulli", "bernoulli_", "normal_", "uniform_", "random_"})
+
+
+class _LayerTracer(fx.Tracer):
+    """Traces through containers; a module with parameters or buffers of its own (a layer, a
+    quantized layer with its quantizers, a BatchNorm) stays one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        own = any(True for _ in m.parameters(recurse=False)) or any(
+            True for _ in m.buffers(recurse=False)
+        )
+        return own or super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass(frozen=True)
+class FrozenPrefix:
+    """The partly quantized network cut in two: ``front`` (input → ``cut``) holds nothing the
+    cascade trains and nothing whose output depends on more than its input; ``rest`` (the
+    ``cut`` tensor → logits) is the remainder. Both call the network's own modules."""
+
+    front: fx.GraphModule
+    rest: fx.GraphModule
+    cut: str  # the graph node the network is cut after
+
+    def on(self, root: nn.Module) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """Front and rest calling the same-named modules of ``root`` (a meta copy, say)."""
+        return (
+            fx.GraphModule(root, copy.deepcopy(self.front.graph)),
+            fx.GraphModule(root, copy.deepcopy(self.rest.graph)),
+        )
+
+
+def _batch_dependent(module: nn.Module) -> bool:
+    """A module (or one inside it) whose output in its current mode depends on more than its
+    input, or that changes its own state when called: BatchNorm or dropout in training mode,
+    an activation quantizer in training mode."""
+    return any(
+        m.training and isinstance(m, (_BatchNorm, _DropoutNd, InputQuantizer, QuantAct))
+        for m in module.modules()
+    )
+
+
+def split_frozen_prefix(model: nn.Module, trainable: Iterable[Tensor]) -> FrozenPrefix | None:
+    """Cut ``model`` after the latest node of its traced graph such that everything up to it
+    involves no tensor of ``trainable`` and no batch-dependent or random operation, and only
+    that node's output is read beyond it (one tensor crosses the cut). None when the graph
+    cannot be traced or no such node follows the input.
+
+    The front's output then depends on the input image alone and does not change while the
+    cascade trains, so it can be computed once for the subset (§6 recomputes it at every step).
+    Node order is the traced program order, so the front is always a prefix of the program.
+    """
+    training = {id(t) for t in trainable}
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception:  # data-dependent control flow and the like: keep the plain forward
+        return None
+    nodes = list(graph.nodes)
+    position = {node: i for i, node in enumerate(nodes)}
+    if sum(node.op == "placeholder" for node in nodes) != 1:
+        return None
+    frozen: set[fx.Node] = set()
+    reach = 0  # the last position that reads a frozen node other than the candidate cut
+    cut: int | None = None
+    for i, node in enumerate(nodes):
+        if node.op == "output":
+            break
+        if node.op == "get_attr":
+            value = _fetch_attr(model, str(node.target))
+            if isinstance(value, Tensor) and id(value) in training:
+                break
+            frozen.add(node)
+            continue
+        if node.op != "placeholder":
+            if not all(arg in frozen for arg in node.all_input_nodes):
+                break
+            if node.op == "call_module":
+                module = model.get_submodule(str(node.target))
+                if _batch_dependent(module) or any(id(p) in training for p in module.parameters()):
+                    break
+            elif node.op == "call_function" and node.target in _RANDOM_FUNCTIONS:
+                break
+            elif node.op == "call_method" and node.target in _RANDOM_METHODS:
+                break
+        frozen.add(node)
+        if node.op != "placeholder" and reach <= i:
+            cut = i
+        reach = max([reach, *(position[user] for user in node.users)])
+    if cut is None:
+        return None
+    front_graph, rest_graph = fx.Graph(), fx.Graph()
+    front: dict[fx.Node, fx.Node] = {}
+    for node in nodes[: cut + 1]:
+        front[node] = front_graph.node_copy(node, front.__getitem__)
+    front_graph.output(front[nodes[cut]])
+    rest: dict[fx.Node, fx.Node] = {nodes[cut]: rest_graph.placeholder("cut")}
+
+    def arg(node: fx.Node) -> fx.Node:
+        if node not in rest:  # an attribute the front read, read again behind the cut
+            rest[node] = rest_graph.node_copy(node, arg)
+        return rest[node]
+
+    for node in nodes[cut + 1 :]:
+        rest[node] = rest_graph.node_copy(node, arg)
+    return FrozenPrefix(
+        fx.GraphModule(model, front_graph), fx.GraphModule(model, rest_graph), nodes[cut].name
+    )
+
+
+def _fetch_attr(model: nn.Module, target: str) -> object:
+    owner, _, name = target.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, name)
+
+
+def prefix_budget(split: FrozenPrefix, fp: Footprint, batch: int) -> int:
+    """Bytes the front's cached output may take: the tensor peak of a float training step of
+    the whole network (what the memory estimate counts for the cascade) less that of the rest
+    alone fed a batch of cut values, both measured on ``fp``'s meta copy of the network.
+
+    The cascade step then runs the rest, so its peak plus the cache stays within the estimate.
+    """
+    front, rest = split.on(fp.meta)
+    with torch.no_grad():
+        cut = front(torch.empty(1, *fp.input_shape, device="meta"))
+    if not isinstance(cut, Tensor):
+        return 0
+    per_sample = cut[0].numel() * cut.element_size()
+    spare = fp.train_step(batch) - meta_train_step(rest, tuple(cut.shape[1:]), batch)
+    return max(0, spare - batch * per_sample)  # the step's batch of cut values is extra
+
+
+def prefix_outputs(
+    front: nn.Module, part: Dataset, batch_size: int, budget: int, ctx: RunContext
+) -> Tensor | None:
+    """``front``'s output on all of ``part`` ``(len(part), *cut)``, in subset order, or None
+    when it is not one tensor or would take more than ``budget`` bytes."""
+    n = len(part)  # type: ignore[arg-type]
+    out: Tensor | None = None
+    start = 0
+    with torch.no_grad():
+        for x, _ in DataLoader(part, batch_size=batch_size, shuffle=False):
+            y = front(x.to(ctx.device))
+            if not isinstance(y, Tensor):
+                return None
+            if out is None:
+                if n * y[0].numel() * y.element_size() > budget:
+                    return None
+                out = y.new_empty(n, *y.shape[1:])
+            out[start : start + len(y)] = y
+            start += len(y)
+    return out
+
+
 def _swap_in(
     model: nn.Module, name: str, layer: WeightLayer, quantizer: PowerOfTwoLevels
 ) -> nn.Module:
@@ -729,6 +955,9 @@ class LDNQ(Method):
 
     def __init__(self) -> None:
         self.layer_records: list[LayerRecord] = []
+        self._twin: Footprint | None = None  # the float network on meta, for prefix budgets
+        # layer → the graph node its cascade's cached front ended at (layers with a cache only)
+        self.cached_fronts: dict[str, str] = {}
 
     @classmethod
     def memory_parts(cls, fp: Footprint, params: Any) -> dict[str, int]:
@@ -756,6 +985,12 @@ class LDNQ(Method):
         self, model: nn.Module, data: DataBundle, params: LDNQParams, ctx: RunContext
     ) -> nn.Module:
         device = ctx.device
+        part = subset(
+            data.train, params.data_ratio, seed=params.subset_seed, balanced=params.class_balanced
+        )
+        self._twin = None
+        if params.cascade and params.cascade_cache_prefix and repeatable(part):
+            self._twin = footprint(model, (data.in_channels, *data.input_size))
         model.to(device)
         teacher = copy.deepcopy(model).requires_grad_(False)
         layers = cast(list[tuple[str, WeightLayer]], find_layers(model))
@@ -766,15 +1001,13 @@ class LDNQ(Method):
                 f"L-DNQ found no layer to quantize among {len(layers)} Conv2d/Linear layers",
                 {"layers": [n for n, _ in layers]},
             )
-        part = subset(
-            data.train, params.data_ratio, seed=params.subset_seed, balanced=params.class_balanced
-        )
         targets = None
         if params.cascade and params.cascade_cache_targets:
             targets = fixed_targets(teacher, part, params.teacher_mode, params.batch_size, ctx)
         cascade_teacher = None if targets is not None else teacher
         del teacher  # with the logits cached, nothing else holds the float copy
         self.layer_records = []
+        self.cached_fronts = {}
         start = self._resume(model, chosen, params, ctx)
         n = len(chosen)
         for i in range(start, n):
@@ -908,7 +1141,10 @@ class LDNQ(Method):
         """§6: SGD so the partly quantized logits match the float ones; (epochs, steps, loss).
 
         ``teacher``: the float network, or (None, its logits on ``part`` in subset order) from
-        :func:`fixed_targets`; then each batch carries its subset indices to look them up."""
+        :func:`fixed_targets`; then each batch carries its subset indices to look them up. With
+        a prefix budget, the frozen front of the network (:func:`split_frozen_prefix`) runs once
+        on the subset and the steps train the rest on its cached output, looked up the same
+        way."""
         wanted = set(
             cascade_trainable(
                 model, name, float_layers=float_layers, train_all_bn=params.train_all_bn
@@ -923,36 +1159,55 @@ class LDNQ(Method):
             momentum=params.cascade_momentum,
             weight_decay=params.cascade_weight_decay,
         )
-        drop_last = len(part) >= params.batch_size  # type: ignore[arg-type]
-        network, targets = teacher
-        loader = _shuffled_loader(
-            part if targets is None else _Indexed(part),
-            params.batch_size,
-            ctx.seed * 1_000_003 + 2 * index + 1,
-            drop_last=drop_last,
-        )
-        rule = PlateauRule(params.cascade_gap, params.cascade_patience)
-        total, count, steps, avg = 0.0, 0, 0, float("nan")
-        model.train(params.student_mode == "train")
-        if network is not None:
-            network.train(params.teacher_mode == "train")
         try:
+            network, targets = teacher
+            model.train(params.student_mode == "train")
+            if network is not None:
+                network.train(params.teacher_mode == "train")
+            features: Tensor | None = None  # the frozen front's output on the subset
+            twin = self._twin
+            split = split_frozen_prefix(model, trainable) if twin is not None else None
+            if split is not None and twin is not None:
+                budget = prefix_budget(split, twin, params.batch_size)
+                features = prefix_outputs(split.front, part, params.batch_size, budget, ctx)
+            forward = model
+            if split is not None and features is not None:
+                forward = split.rest
+                self.cached_fronts[name] = split.cut
+            # The batches: images where the network or the teacher reads them, subset indices
+            # where a cache does; the same shuffled order either way (it depends on len(part) only).
+            n = len(part)  # type: ignore[arg-type]
+            images = features is None or targets is None
+            indexed = features is not None or targets is not None
+            source: Dataset = (_Indexed(part) if indexed else part) if images else _Positions(n)
+            loader = _shuffled_loader(
+                source,
+                params.batch_size,
+                ctx.seed * 1_000_003 + 2 * index + 1,
+                drop_last=n >= params.batch_size,
+            )
+            rule = PlateauRule(params.cascade_gap, params.cascade_patience)
+            total, count, steps, avg = 0.0, 0, 0, float("nan")
             for epoch in range(params.cascade_max_epochs):
-                for b, (x, held) in enumerate(loader):
+                for b, batch in enumerate(loader):
                     ctx.check_cancelled()
-                    x = x.to(ctx.device)
-                    if targets is not None:  # held: the batch's subset indices
+                    x, held = batch if images else (None, batch)  # held: subset indices
+                    if x is not None:
+                        x = x.to(ctx.device)
+                    if targets is not None:
                         target = targets[held.to(targets.device)]  # (B, classes)
                     else:
                         assert network is not None
+                        assert x is not None
                         with torch.no_grad():
                             target = network(x)  # (B, classes)
-                    loss = F.mse_loss(model(x), target)
+                    inputs = x if features is None else features[held.to(features.device)]
+                    loss = F.mse_loss(forward(inputs), target)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     steps += 1
-                    total, count = total + float(loss.detach()) * len(x), count + len(x)
+                    total, count = total + float(loss.detach()) * len(target), count + len(target)
                     avg = total / count
                     if b % params.cascade_check_every == 0 and rule.check(avg):
                         return epoch + 1, steps, avg

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from quantcore import zoo
@@ -474,6 +474,35 @@ def test_quantized_layer_computes_with_the_exported_weight() -> None:
     assert torch.equal(layer.weight.grad, torch.ones_like(layer.weight))
 
 
+def test_a_frozen_weight_is_rounded_once_and_again_whenever_it_or_alpha_changes() -> None:
+    """The memo of a weight without gradient: reused while nothing changed, never stale."""
+    gen = torch.Generator().manual_seed(11)
+    q = L.PowerOfTwoLevels(5, 0.05)
+
+    def fresh(w: Tensor) -> Tensor:  # the straight-through values: w + (grid − w), as trained
+        w = w.detach()
+        return w + (q.alpha * L.level_codes(w, q.alpha, 5) - w)
+
+    w = nn.Parameter(torch.randn(8, 4, generator=gen) * 0.1, requires_grad=False)
+    first = q(w)
+    assert torch.equal(first, fresh(w))
+    assert q(w) is first  # nothing changed: the same tensor back, no rounding
+    with torch.no_grad():
+        w.copy_(torch.randn(8, 4, generator=gen) * 0.1)  # in place (load_state_dict does this)
+    assert torch.equal(q(w), fresh(w))
+    q.alpha.fill_(0.02)  # α changed in place
+    assert torch.equal(q(w), fresh(w))
+    w.data = torch.randn(8, 4, generator=gen) * 0.1  # new storage under the same Parameter
+    assert torch.equal(q(w), fresh(w))
+    other = nn.Parameter(w.detach().clone() * 2, requires_grad=False)  # another tensor
+    assert torch.equal(q(other), fresh(other))
+    w.requires_grad_(True)  # trainable again: the straight-through path, never the memo
+    out = q(w)
+    out.sum().backward()
+    assert torch.equal(out, fresh(w))
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
 # ---------------------------------------------------------------------------------------------
 # §5-§6: order, trainable sets, the stop rule
 # ---------------------------------------------------------------------------------------------
@@ -611,6 +640,168 @@ def test_cached_targets_train_as_the_per_step_teacher(digits: DataBundle) -> Non
     assert [r.cascade_epochs for r in rec_c] == [r.cascade_epochs for r in rec_d]
     for name, value in cached.items():
         torch.testing.assert_close(value, direct[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen prefix: computed once per layer where nothing in it trains or depends on the batch
+# ---------------------------------------------------------------------------------------------
+
+
+def _cascade_split(model: nn.Module, name: str) -> L.FrozenPrefix | None:
+    """Quantize ``name`` as the method does, then split with the cascade's trainable set."""
+    layer = model.get_submodule(name)
+    L._swap_in(model, name, layer, L.PowerOfTwoLevels(3, 0.05))  # type: ignore[arg-type]
+    wanted = set(L.cascade_trainable(model, name))
+    trainable = [p for n, p in model.named_parameters() if n in wanted and p.requires_grad]
+    return L.split_frozen_prefix(model, trainable)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_frozen_prefix_is_the_latest_cut_and_front_then_rest_is_the_network(
+    mode: str,
+) -> None:
+    """LeNet5, layer by layer: the cut moves behind each quantized layer once its bias is frozen
+    too (the just-quantized layer's bias trains, §6), and front + rest compute the network."""
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    model = zoo.build("lenet5", num_classes=10, in_channels=1).train(mode == "train")
+    x = torch.randn(5, 1, 28, 28)
+    expected_cut = {  # the last node before a trainable parameter is read
+        "features.0": None,  # its own bias trains: nothing before it but the input
+        "features.3": "features_2",  # conv1 → pool → ReLU
+        "classifier.0": "flatten",
+        "classifier.2": "classifier_1",  # the ReLU after the first FC layer
+    }
+    for name, cut in expected_cut.items():
+        split = _cascade_split(model, name)
+        assert (split.cut if split else None) == cut, name
+        if split is not None:
+            with torch.no_grad():
+                assert torch.equal(split.rest(split.front(x)), model(x))
+            rest_modules = set(split.rest.modules())
+            assert model.get_submodule(name) in rest_modules  # the same module objects
+
+
+def test_the_frozen_prefix_stops_at_batch_statistics_dropout_randomness_and_a_second_tensor() -> (
+    None
+):
+    class Net(nn.Module):
+        def __init__(self, middle: nn.Module, *, noise: bool = False, skip: bool = False) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 4, 3)
+            self.middle = middle
+            self.b = nn.Conv2d(4, 4, 3)
+            self.fc = nn.Linear(4 * 4 * 4, 3)
+            self.noise, self.skip = noise, skip
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.middle(self.a(x))
+            if self.noise:
+                y = y + torch.rand_like(y)
+            z = self.b(y)
+            if self.skip:
+                z = z + y[:, :, 1:-1, 1:-1]  # y crosses the cut beside z
+            return self.fc(z.flatten(1))
+
+    def cut(net: nn.Module) -> str | None:
+        split = L.split_frozen_prefix(net, list(net.fc.parameters()))  # only fc trains
+        return split.cut if split else None
+
+    x = torch.randn(2, 1, 8, 8)
+    assert cut(Net(nn.ReLU())) == "flatten"
+    assert cut(Net(nn.BatchNorm2d(4)).train()) == "a"  # batch statistics (and running ones)
+    assert cut(Net(nn.BatchNorm2d(4)).eval()) == "flatten"  # frozen running statistics
+    assert cut(Net(nn.Dropout(0.5)).train()) == "a"
+    assert cut(Net(nn.Dropout(0.5)).eval()) == "flatten"
+    assert cut(Net(nn.ReLU(), noise=True)) == "middle"
+    skip = Net(nn.ReLU(), skip=True)
+    assert cut(skip) == "flatten"  # the add joins them again
+    split = L.split_frozen_prefix(skip, list(skip.fc.parameters()))
+    assert split is not None
+    with torch.no_grad():
+        assert torch.equal(split.rest(split.front(x)), skip(x))
+    skip_b = Net(nn.ReLU(), skip=True)  # b trains: y and a(x) cannot both cross
+    assert L.split_frozen_prefix(skip_b, [*skip_b.b.parameters(), *skip_b.fc.parameters()]).cut == (
+        "middle"
+    )
+
+    class Branchy(nn.Module):  # data-dependent control flow: not traceable, no split
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x if x.sum() > 0 else -x)
+
+    assert L.split_frozen_prefix(Branchy(), []) is None
+
+
+def test_prefix_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
+    digits: DataBundle,
+) -> None:
+    model = zoo.build("lenet5", num_classes=10, in_channels=1)
+    split = _cascade_split(model, "features.0") or _cascade_split(model, "features.3")
+    assert split is not None
+    assert split.cut == "features_2"
+    part = subset(digits.train, 0.1, seed=int(torch.randint(0, 1000, ())), balanced=False)
+    x = torch.stack([part[i][0] for i in range(len(part))])
+    need = len(part) * 20 * 12 * 12 * 4  # (N, 20, 12, 12) float32
+    out = L.prefix_outputs(split.front, part, 16, need, RunContext())
+    assert out is not None
+    with torch.no_grad():
+        torch.testing.assert_close(out, split.front(x), rtol=1e-5, atol=1e-6)
+    assert L.prefix_outputs(split.front, part, 16, need - 1, RunContext()) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("targets", [True, False])
+def test_the_cached_prefix_trains_as_the_whole_network(digits: DataBundle, targets: bool) -> None:
+    """The cascade on the cached front ends where the whole network's does, up to float
+    rounding: the same batches, the same epochs (with cached targets and with the teacher)."""
+    runs = []
+    for cache in (True, False):
+        model, method = _run(
+            digits,
+            RunContext(),
+            cascade_cache_prefix=cache,
+            cascade_cache_targets=targets,
+            cascade_max_epochs=3,
+            data_ratio=0.1,
+            batch_size=64,  # at 16 the spare memory of a step holds only the last front
+        )
+        fronts = {
+            "features.3": "features_2",
+            "classifier.0": "flatten",
+            "classifier.2": "classifier_1",
+        }
+        assert method.cached_fronts == (fronts if cache else {})
+        runs.append((model.state_dict(), method.layer_records))
+    (cached, rec_c), (direct, rec_d) = runs
+    assert [r.cascade_steps for r in rec_c] == [r.cascade_steps for r in rec_d]
+    for name, value in cached.items():
+        torch.testing.assert_close(value, direct[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_the_prefix_cache_does_not_raise_the_peak(digits: DataBundle) -> None:
+    """The cache takes only what the whole network's training step needs beyond the rest's, so
+    the run's tensor peak (which the estimate bounds) stays where it is without the cache."""
+    from quantcore.memory import TensorPeakMeter, module_bytes
+
+    peaks = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        model = zoo.build("lenet5", num_classes=10, in_channels=1)
+        method = L.LDNQ()
+        params = parse_params(
+            "l_dnq",
+            {**FAST, "data_ratio": 1.0, "batch_size": 128, "cascade_cache_prefix": cache},
+        )
+        with TensorPeakMeter(baseline=module_bytes(model)) as meter:
+            method.quantize(model, digits, params, RunContext())
+        assert bool(method.cached_fronts) == cache
+        peaks.append(meter.peak)
+    cached, plain = peaks
+    assert cached <= plain * 1.01, (cached, plain)
 
 
 def test_method_is_registered_with_a_valid_schema() -> None:
