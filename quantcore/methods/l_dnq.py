@@ -59,10 +59,12 @@ Where this port and the official code differ (default first):
   BatchNorm or dropout in training mode, nothing random; in LeNet5 everything up to the
   first trainable parameter), its output on the subset is computed once per layer and the
   steps run the rest on it (``cascade_cache_prefix``, on by default; equal up to float
-  rounding, the same batches and stop decisions). It needs a subset without augmentation and
-  takes at most one float training step's memory, which the estimate counts. ResNets gain
-  little: every BatchNorm trains, so their front ends at the first conv. Together with a
-  frozen weight being rounded once (:class:`PowerOfTwoLevels`), this halves a LeNet5 run.
+  rounding, the same batches and stop decisions). It needs a subset without augmentation, and
+  the cache may take only what a training step of the whole network needs beyond one of the
+  rest (:func:`prefix_budget`), so the peak stays within the memory estimate; otherwise the
+  whole network runs. ResNets gain nothing: every BatchNorm trains, so their front ends at the
+  first conv and does not fit that budget. Together with a frozen weight being rounded once
+  (:class:`PowerOfTwoLevels`), this halves a LeNet5 run at the official settings.
 - Not logged: the official test-set evaluation after every layer (logging only there).
 - Precision: H and ADMM run in float64; the stored α is float32 and the layer's latent weight
   becomes α₃₂·m exactly, so rounding it again at α gives the same codes.
@@ -189,8 +191,8 @@ class LDNQParams(MethodParams):
         description="Compute the frozen front of the partly quantized network (quantized layers "
         "and what lies between them, up to the first trainable or batch-dependent module) on "
         "the subset once per layer and train the rest on it, where the subset has no "
-        "augmentation and the result fits in one training step's memory. Same outputs up to "
-        "float rounding.",
+        "augmentation and the result fits in the memory a step of the rest leaves unused. "
+        "Same outputs up to float rounding.",
     )
 
 
