@@ -725,6 +725,28 @@ class _Positions(Dataset[int]):
         return index
 
 
+def subset_outputs(
+    module: nn.Module, part: Dataset, batch_size: int, budget: int, ctx: RunContext
+) -> Tensor | None:
+    """``module``'s output (no gradient) on all of ``part``, ``(len(part), …)`` in subset
+    order, or None when it is not one tensor or would take more than ``budget`` bytes."""
+    n = len(part)  # type: ignore[arg-type]
+    out: Tensor | None = None
+    start = 0
+    with torch.no_grad():
+        for x, _ in DataLoader(part, batch_size=batch_size, shuffle=False):
+            y = module(x.to(ctx.device))  # (B, …)
+            if not isinstance(y, Tensor):
+                return None
+            if out is None:
+                if n * y[0].numel() * y.element_size() > budget:
+                    return None
+                out = y.new_empty(n, *y.shape[1:])
+            out[start : start + len(y)] = y
+            start += len(y)
+    return out
+
+
 def fixed_targets(
     teacher: nn.Module, part: Dataset, mode: str, batch_size: int, ctx: RunContext
 ) -> Tensor | None:
@@ -745,19 +767,7 @@ def fixed_targets(
     ):
         return None
     budget = sum(t.numel() * t.element_size() for t in (*teacher.parameters(), *teacher.buffers()))
-    n = len(part)  # type: ignore[arg-type]
-    out: Tensor | None = None
-    start = 0
-    with torch.no_grad():
-        for x, _ in DataLoader(part, batch_size=batch_size, shuffle=False):
-            logits = teacher(x.to(ctx.device))  # (B, classes)
-            if out is None:
-                if n * logits[0].numel() * logits.element_size() > budget:
-                    return None
-                out = logits.new_empty(n, *logits.shape[1:])
-            out[start : start + len(logits)] = logits
-            start += len(logits)
-    return out
+    return subset_outputs(teacher, part, batch_size, budget, ctx)  # (N, classes)
 
 
 # Calls whose result is random: never part of a cached prefix.
@@ -911,28 +921,6 @@ def prefix_budget(split: FrozenPrefix, fp: Footprint, batch: int) -> int:
     per_sample = cut[0].numel() * cut.element_size()
     spare = fp.train_step(batch) - meta_train_step(rest, tuple(cut.shape[1:]), batch)
     return max(0, spare - batch * per_sample)  # the step's batch of cut values is extra
-
-
-def prefix_outputs(
-    front: nn.Module, part: Dataset, batch_size: int, budget: int, ctx: RunContext
-) -> Tensor | None:
-    """``front``'s output on all of ``part`` ``(len(part), *cut)``, in subset order, or None
-    when it is not one tensor or would take more than ``budget`` bytes."""
-    n = len(part)  # type: ignore[arg-type]
-    out: Tensor | None = None
-    start = 0
-    with torch.no_grad():
-        for x, _ in DataLoader(part, batch_size=batch_size, shuffle=False):
-            y = front(x.to(ctx.device))
-            if not isinstance(y, Tensor):
-                return None
-            if out is None:
-                if n * y[0].numel() * y.element_size() > budget:
-                    return None
-                out = y.new_empty(n, *y.shape[1:])
-            out[start : start + len(y)] = y
-            start += len(y)
-    return out
 
 
 def _swap_in(
@@ -1171,7 +1159,7 @@ class LDNQ(Method):
             split = split_frozen_prefix(model, trainable) if twin is not None else None
             if split is not None and twin is not None:
                 budget = prefix_budget(split, twin, params.batch_size)
-                features = prefix_outputs(split.front, part, params.batch_size, budget, ctx)
+                features = subset_outputs(split.front, part, params.batch_size, budget, ctx)
             forward = model
             if split is not None and features is not None:
                 forward = split.rest

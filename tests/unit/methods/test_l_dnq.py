@@ -735,7 +735,7 @@ def test_the_frozen_prefix_stops_at_batch_statistics_dropout_randomness_and_a_se
     assert L.split_frozen_prefix(Branchy(), []) is None
 
 
-def test_prefix_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
+def test_subset_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
     digits: DataBundle,
 ) -> None:
     model = zoo.build("lenet5", num_classes=10, in_channels=1)
@@ -745,11 +745,11 @@ def test_prefix_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
     part = subset(digits.train, 0.1, seed=int(torch.randint(0, 1000, ())), balanced=False)
     x = torch.stack([part[i][0] for i in range(len(part))])
     need = len(part) * 20 * 12 * 12 * 4  # (N, 20, 12, 12) float32
-    out = L.prefix_outputs(split.front, part, 16, need, RunContext())
+    out = L.subset_outputs(split.front, part, 16, need, RunContext())
     assert out is not None
     with torch.no_grad():
         torch.testing.assert_close(out, split.front(x), rtol=1e-5, atol=1e-6)
-    assert L.prefix_outputs(split.front, part, 16, need - 1, RunContext()) is None
+    assert L.subset_outputs(split.front, part, 16, need - 1, RunContext()) is None
 
 
 @pytest.mark.slow
