@@ -22,7 +22,8 @@ images), and kbits 3 on 10 % (6,000). Columns: setting, data fraction, float and
 (%), delta (points), average bits per quantized weight, theoretical size (``size_report``), the
 ``.qpack`` file size (``quantcore.save_artifact`` in a temporary folder), compression ratio
 (float / theoretical), wall time of ``method.quantize`` (s) and in float-epoch units, and the
-cascade epochs each layer used (``LDNQ.layer_records``), in network order.
+cascade epochs each layer used (``LDNQ.layer_records``), in network order, and the layers
+whose cascade ran on a cached front (``LDNQ.cached_fronts``, 1-based).
 
 The float-epoch unit: one epoch of the float LeNet5 through ``quantcore.training.train`` on the
 full 60,000-image training set with the CLI's ``train`` settings (batch 128, SGD lr 0.05,
@@ -81,6 +82,7 @@ COLUMNS = (
     "wall s",
     "float epochs",
     "cascade epochs/layer",
+    "cached fronts",
 )
 
 
@@ -158,6 +160,13 @@ def run_row(
         **_shared.size_columns(float_top1, m),
         "float epochs": f"{m.seconds / epoch_s:.2f}",
         "cascade epochs/layer": "/".join(str(r.cascade_epochs) for r in records),
+        # the layers whose cascade ran on a cached front (LDNQ.cached_fronts), 1-based
+        "cached fronts": ",".join(
+            str(i + 1)
+            for i, r in enumerate(records)
+            if r.layer in getattr(m.method, "cached_fronts", {})
+        )
+        or "-",
     }
 
 
