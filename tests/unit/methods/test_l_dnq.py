@@ -440,6 +440,29 @@ def test_admm_survives_a_dead_first_feature() -> None:
     assert math.isfinite(float(r.alpha))
 
 
+@pytest.mark.parametrize("shape", ["tall", "wide", "square"])
+def test_the_admm_memory_bound_holds_on_random_layers(shape: str) -> None:
+    """admm_bytes (what the estimate counts for ADMM) against the measured tensor peak of a
+    solve with its Hessian and weight, on a random layer of each aspect."""
+    from quantcore.memory import TensorPeakMeter
+
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    small, large = (
+        int(torch.randint(20, 80, (), generator=gen)),
+        int(torch.randint(300, 700, (), generator=gen)),
+    )
+    rows, outputs = {"tall": (large, small), "wide": (small, large), "square": (large, large)}[
+        shape
+    ]
+    x = torch.randn(2 * rows, rows, generator=gen)
+    w = torch.randn(rows, outputs, generator=gen) * 0.05
+    h = (x.T @ x / (2 * rows)).double()  # (D, D) float64, as collect_hessian returns it
+    with TensorPeakMeter(baseline=h.numel() * 8) as meter:  # H is alive throughout
+        L.admm_quantize(w.double(), h, int(L.KBITS[int(torch.randint(0, 5, (), generator=gen))]))
+    bound = L.admm_bytes(rows, outputs)
+    assert 0.8 * bound <= meter.peak <= bound, (rows, outputs, meter.peak, bound)
+
+
 # ---------------------------------------------------------------------------------------------
 # The weight quantizer and its export
 # ---------------------------------------------------------------------------------------------
