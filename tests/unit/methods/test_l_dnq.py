@@ -704,6 +704,21 @@ def test_the_frozen_prefix_is_the_latest_cut_and_front_then_rest_is_the_network(
             assert model.get_submodule(name) in rest_modules  # the same module objects
 
 
+@pytest.mark.parametrize("arch", [a.name for a in zoo.list_architectures()])
+def test_every_zoo_network_splits_into_a_front_and_rest_that_compute_it(arch: str) -> None:
+    """Whatever the cut (none, the first conv, deep in the network), front then rest is the
+    network: every architecture a user can upload traces, and the split loses nothing."""
+    info = next(a for a in zoo.list_architectures() if a.name == arch)
+    model = zoo.build(arch, num_classes=10, in_channels=info.default_in_channels).eval()
+    x = torch.randn(2, info.default_in_channels, *info.default_input_size)
+    layers = find_layers(model)
+    for i in sorted({0, len(layers) // 2, len(layers) - 1}):
+        split = _cascade_split(model, layers[i][0])
+        if split is not None:
+            with torch.no_grad():
+                assert torch.equal(split.rest(split.front(x)), model(x)), (arch, split.cut)
+
+
 def test_the_frozen_prefix_stops_at_batch_statistics_dropout_randomness_and_a_second_tensor() -> (
     None
 ):
