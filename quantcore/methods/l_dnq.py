@@ -1119,6 +1119,29 @@ class LDNQ(Method):
             loss,
         )
 
+    def _front(
+        self,
+        model: nn.Module,
+        trainable: Iterable[Tensor],
+        part: Dataset,
+        name: str,
+        params: LDNQParams,
+        ctx: RunContext,
+    ) -> tuple[nn.Module, Tensor | None]:
+        """What the cascade steps run and on what: the rest of the network and its frozen
+        front's output on the subset ``(len(part), *cut)``, where that front exists and fits
+        its budget; else the whole network and None (the steps read images)."""
+        twin = self._twin
+        split = split_frozen_prefix(model, trainable) if twin is not None else None
+        if split is None or twin is None:
+            return model, None
+        budget = prefix_budget(split, twin, params.batch_size)
+        features = subset_outputs(split.front, part, params.batch_size, budget, ctx)
+        if features is None:
+            return model, None
+        self.cached_fronts[name] = split.cut
+        return split.rest, features
+
     def _cascade(
         self,
         model: nn.Module,
@@ -1156,16 +1179,7 @@ class LDNQ(Method):
             model.train(params.student_mode == "train")
             if network is not None:
                 network.train(params.teacher_mode == "train")
-            features: Tensor | None = None  # the frozen front's output on the subset
-            twin = self._twin
-            split = split_frozen_prefix(model, trainable) if twin is not None else None
-            if split is not None and twin is not None:
-                budget = prefix_budget(split, twin, params.batch_size)
-                features = subset_outputs(split.front, part, params.batch_size, budget, ctx)
-            forward = model
-            if split is not None and features is not None:
-                forward = split.rest
-                self.cached_fronts[name] = split.cut
+            forward, features = self._front(model, trainable, part, name, params, ctx)
             # The batches: images where the network or the teacher reads them, subset indices
             # where a cache does; the same shuffled order either way (it depends on len(part) only).
             n = len(part)  # type: ignore[arg-type]
