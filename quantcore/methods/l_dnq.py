@@ -81,6 +81,7 @@ import copy
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from typing import Any, ClassVar, Literal, cast
 
 import torch
@@ -763,6 +764,16 @@ def subset_outputs(
     return out
 
 
+def _batch_dependent(module: nn.Module) -> bool:
+    """A module (or one inside it) whose output in its current mode depends on more than its
+    input, or that changes its own state when called: BatchNorm or dropout in training mode,
+    an activation quantizer in training mode."""
+    return any(
+        m.training and isinstance(m, (_BatchNorm, _DropoutNd, InputQuantizer, QuantAct))
+        for m in module.modules()
+    )
+
+
 def fixed_targets(
     teacher: nn.Module, part: Dataset, mode: str, batch_size: int, ctx: RunContext
 ) -> Tensor | None:
@@ -771,16 +782,14 @@ def fixed_targets(
     None.
 
     The same: ``part``'s images read the same every time (:func:`quantcore.data.repeatable`: no
-    augmentation) and the teacher in ``mode`` has no BatchNorm or dropout module in training
-    mode (no batch statistics, no randomness), so a logit depends on its image only, up to the
-    float rounding of a different batch composition. They must also take no more memory than
-    the teacher's parameters and buffers, which the caller then releases: the run's peak stays
-    within the memory estimate, which counts the teacher.
+    augmentation) and nothing in the teacher in ``mode`` is batch-dependent
+    (:func:`_batch_dependent`: no batch statistics, no randomness), so a logit depends on its
+    image only, up to the float rounding of a different batch composition. They must also take
+    no more memory than the teacher's parameters and buffers, which the caller then releases:
+    the run's peak stays within the memory estimate, which counts the teacher.
     """
     teacher.train(mode == "train")
-    if not repeatable(part) or any(
-        m.training and isinstance(m, (_BatchNorm, _DropoutNd)) for m in teacher.modules()
-    ):
+    if not repeatable(part) or _batch_dependent(teacher):
         return None
     budget = sum(t.numel() * t.element_size() for t in (*teacher.parameters(), *teacher.buffers()))
     return subset_outputs(teacher, part, batch_size, budget, ctx)  # (N, classes)
@@ -840,16 +849,6 @@ class FrozenPrefix:
         )
 
 
-def _batch_dependent(module: nn.Module) -> bool:
-    """A module (or one inside it) whose output in its current mode depends on more than its
-    input, or that changes its own state when called: BatchNorm or dropout in training mode,
-    an activation quantizer in training mode."""
-    return any(
-        m.training and isinstance(m, (_BatchNorm, _DropoutNd, InputQuantizer, QuantAct))
-        for m in module.modules()
-    )
-
-
 def split_frozen_prefix(model: nn.Module, trainable: Iterable[Tensor]) -> FrozenPrefix | None:
     """Cut ``model`` after the latest node of its traced graph such that everything up to it
     involves no tensor of ``trainable`` and no batch-dependent or random operation, and only
@@ -876,7 +875,7 @@ def split_frozen_prefix(model: nn.Module, trainable: Iterable[Tensor]) -> Frozen
         if node.op == "output":
             break
         if node.op == "get_attr":
-            value = _fetch_attr(model, str(node.target))
+            value = attrgetter(str(node.target))(model)
             if isinstance(value, Tensor) and id(value) in training:
                 break
             frozen.add(node)
@@ -915,11 +914,6 @@ def split_frozen_prefix(model: nn.Module, trainable: Iterable[Tensor]) -> Frozen
     return FrozenPrefix(
         fx.GraphModule(model, front_graph), fx.GraphModule(model, rest_graph), nodes[cut].name
     )
-
-
-def _fetch_attr(model: nn.Module, target: str) -> object:
-    owner, _, name = target.rpartition(".")
-    return getattr(model.get_submodule(owner) if owner else model, name)
 
 
 def prefix_budget(split: FrozenPrefix, fp: Footprint, batch: int) -> int:
@@ -1190,12 +1184,12 @@ class LDNQ(Method):
             if network is not None:
                 network.train(params.teacher_mode == "train")
             forward, features = self._front(model, trainable, part, name, params, ctx)
-            # The batches: images where the network or the teacher reads them, subset indices
-            # where a cache does; the same shuffled order either way (it depends on len(part) only).
+            # The batches: subset indices (for the caches), with the images where the network
+            # or the teacher reads them; the same shuffled order either way (it depends on
+            # len(part) only).
             n = len(part)  # type: ignore[arg-type]
             images = features is None or targets is None
-            indexed = features is not None or targets is not None
-            source: Dataset = (_Indexed(part) if indexed else part) if images else _Positions(n)
+            source: Dataset = _Indexed(part) if images else _Positions(n)
             loader = _shuffled_loader(
                 source,
                 params.batch_size,
