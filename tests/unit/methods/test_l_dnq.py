@@ -670,38 +670,49 @@ def test_cached_targets_train_as_the_per_step_teacher(digits: DataBundle) -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-def _cascade_split(model: nn.Module, name: str) -> L.FrozenPrefix | None:
+def _cascade_split(
+    model: nn.Module, name: str, *, split_bias: bool = True
+) -> L.FrozenPrefix | None:
     """Quantize ``name`` as the method does, then split with the cascade's trainable set."""
     layer = model.get_submodule(name)
     L._swap_in(model, name, layer, L.PowerOfTwoLevels(3, 0.05))  # type: ignore[arg-type]
+    return L.split_frozen_prefix(model, _cascade_parameters(model, name), split_bias=split_bias)
+
+
+def _cascade_parameters(model: nn.Module, name: str) -> list[Tensor]:
+    """What the cascade after ``name`` trains (§6)."""
     wanted = set(L.cascade_trainable(model, name))
-    trainable = [p for n, p in model.named_parameters() if n in wanted and p.requires_grad]
-    return L.split_frozen_prefix(model, trainable)
+    return [p for n, p in model.named_parameters() if n in wanted and p.requires_grad]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_the_frozen_prefix_is_the_latest_cut_and_front_then_rest_is_the_network(
     mode: str,
 ) -> None:
-    """LeNet5, layer by layer: the cut moves behind each quantized layer once its bias is frozen
-    too (the just-quantized layer's bias trains, §6), and front + rest compute the network."""
+    """LeNet5, layer by layer (§6: the layer just quantized trains only its bias): the front
+    runs through that layer's weight and the max pooling after it, and the rest adds the bias
+    first; without the bias split it ends before the layer. Front then rest is the network."""
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     model = zoo.build("lenet5", num_classes=10, in_channels=1).train(mode == "train")
     x = torch.randn(5, 1, 28, 28)
-    expected_cut = {  # the last node before a trainable parameter is read
-        "features.0": None,  # its own bias trains: nothing before it but the input
-        "features.3": "features_2",  # conv1 → pool → ReLU
-        "classifier.0": "flatten",
-        "classifier.2": "classifier_1",  # the ReLU after the first FC layer
+    expected = {  # layer → (cut with the bias split, cut without)
+        "features.0": ("features_1", None),  # conv1 → pool | bias → ReLU; nothing before conv1
+        "features.3": ("features_4", "features_2"),  # conv2 → pool | …; conv1 → pool → ReLU |
+        "classifier.0": ("classifier_0", "flatten"),  # no pooling after a Linear
+        "classifier.2": ("classifier_2", "classifier_1"),  # the rest adds fc2's bias only
     }
-    for name, cut in expected_cut.items():
+    for name, (cut, plain_cut) in expected.items():
         split = _cascade_split(model, name)
-        assert (split.cut if split else None) == cut, name
-        if split is not None:
-            with torch.no_grad():
-                assert torch.equal(split.rest(split.front(x)), model(x))
-            rest_modules = set(split.rest.modules())
-            assert model.get_submodule(name) in rest_modules  # the same module objects
+        assert split is not None
+        assert (split.cut, split.bias) == (cut, name)
+        plain = L.split_frozen_prefix(model, _cascade_parameters(model, name), split_bias=False)
+        assert (plain.cut if plain else None) == plain_cut, name
+        with torch.no_grad():
+            torch.testing.assert_close(split.rest(split.front(x)), model(x))
+            if plain is not None:
+                assert torch.equal(plain.rest(plain.front(x)), model(x))
+        assert model.get_submodule(name) in set(split.front.modules())  # the same objects
+        assert model.get_submodule(name).bias in set(split.rest.parameters())
 
 
 @pytest.mark.parametrize("arch", [a.name for a in zoo.list_architectures()])
@@ -714,9 +725,14 @@ def test_every_zoo_network_splits_into_a_front_and_rest_that_compute_it(arch: st
     layers = find_layers(model)
     for i in sorted({0, len(layers) // 2, len(layers) - 1}):
         split = _cascade_split(model, layers[i][0])
-        if split is not None:
-            with torch.no_grad():
-                assert torch.equal(split.rest(split.front(x)), model(x)), (arch, split.cut)
+        plain = L.split_frozen_prefix(
+            model, _cascade_parameters(model, layers[i][0]), split_bias=False
+        )
+        with torch.no_grad():
+            if split is not None:
+                torch.testing.assert_close(split.rest(split.front(x)), model(x))
+            if plain is not None:
+                assert torch.equal(plain.rest(plain.front(x)), model(x)), (arch, plain.cut)
 
 
 def test_the_frozen_prefix_stops_at_batch_statistics_dropout_randomness_and_a_second_tensor() -> (
@@ -773,14 +789,86 @@ def test_the_frozen_prefix_stops_at_batch_statistics_dropout_randomness_and_a_se
     assert L.split_frozen_prefix(Branchy(), []) is None
 
 
+def test_a_trainable_bias_is_added_behind_the_cut_after_the_max_pooling() -> None:
+    """§6 trains the just-quantized layer's bias, not its weight: the front computes the layer
+    without the bias and through the max pooling after a conv (max(y + b) = max(y) + b), the
+    rest adds the bias. The logits and every gradient are those of the network, on fresh
+    random weights and inputs. Other pooling or a Linear's (last-dim) bias end the front at the
+    layer; a pooled value read twice ends it there."""
+
+    class Net(nn.Module):
+        def __init__(self, pool: nn.Module, *, twice: bool = False) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(2, 3, 3)  # 10 → 8
+            self.pool = pool  # 8 → 4
+            self.fc = nn.Linear(3 * 2 * 2, 5)
+            self.twice = twice
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.pool(self.a(x))
+            z = F.max_pool2d(y, 2)  # 4 → 2
+            if self.twice:
+                z = z + y[:, :, ::2, ::2]  # the pooled value read again beyond the cut
+            return self.fc(F.relu(z).flatten(1))
+
+    def split(net: Net) -> L.FrozenPrefix | None:
+        net.a.weight.requires_grad_(False)
+        return L.split_frozen_prefix(net, [net.a.bias, *net.fc.parameters()])
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    x = torch.randn(4, 2, 10, 10)
+    net = Net(nn.MaxPool2d(2))
+    cut = split(net)
+    assert cut is not None
+    assert (cut.cut, cut.bias) == ("max_pool2d", "a")  # through both max poolings
+    with torch.no_grad():
+        expected = F.max_pool2d(F.max_pool2d(F.conv2d(x, net.a.weight), 2), 2)
+        torch.testing.assert_close(cut.front(x), expected)
+    grads = []
+    for forward in (net, lambda v: cut.rest(cut.front(v))):
+        net.zero_grad()
+        forward(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in (net.a.bias, net.fc.weight, net.fc.bias)])
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+    assert split(Net(nn.AvgPool2d(2))).cut == "a"  # an average is not exact: bias next
+    twice = Net(nn.MaxPool2d(2), twice=True)
+    cut = split(twice)
+    assert cut is not None
+    assert cut.cut == "pool"  # read twice: both readers take it with the bias added
+    with torch.no_grad():
+        torch.testing.assert_close(cut.rest(cut.front(x)), twice(x))
+    assert split(Net(nn.MaxPool2d(2, return_indices=True))).cut == "a"  # (values, indices)
+    trains = Net(nn.MaxPool2d(2))  # the weight trains too: nothing to cut off
+    assert L.split_frozen_prefix(trains, [*trains.a.parameters(), *trains.fc.parameters()]) is None
+
+    class Dense(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 8)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(F.max_pool1d(self.a(x), 2))  # pools over the bias's own axis
+
+    dense = Dense()
+    dense.a.weight.requires_grad_(False)
+    cut = L.split_frozen_prefix(dense, [dense.a.bias, *dense.fc.parameters()])
+    assert cut is not None
+    assert (cut.cut, cut.bias) == ("a", "a")
+    v = torch.randn(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(cut.rest(cut.front(v)), dense(v))
+
+
 def test_subset_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
     digits: DataBundle,
 ) -> None:
     model = zoo.build("lenet5", num_classes=10, in_channels=1)
-    assert _cascade_split(model, "features.0") is None  # conv1's own bias trains
-    split = _cascade_split(model, "features.3")
+    split = _cascade_split(model, "features.0")  # conv1 without its bias, pooled
     assert split is not None
-    assert split.cut == "features_2"
+    assert split.cut == "features_1"
     part = subset(digits.train, 0.1, seed=int(torch.randint(0, 1000, ())), balanced=False)
     x = torch.stack([part[i][0] for i in range(len(part))])
     need = len(part) * 20 * 12 * 12 * 4  # (N, 20, 12, 12) float32
@@ -807,10 +895,11 @@ def test_the_cached_prefix_trains_as_the_whole_network(digits: DataBundle, targe
             data_ratio=0.1,
             batch_size=64,  # at 16 the spare memory of a step holds only the last front
         )
-        fronts = {
-            "features.3": "features_2",
-            "classifier.0": "flatten",
-            "classifier.2": "classifier_1",
+        fronts = {  # each layer without its bias (and conv's max pooling): all four
+            "features.0": "features_1",
+            "features.3": "features_4",
+            "classifier.0": "classifier_0",
+            "classifier.2": "classifier_2",
         }
         assert method.cached_fronts == (fronts if cache else {})
         runs.append((model.state_dict(), method.layer_records))
