@@ -28,8 +28,10 @@ whose cascade ran on a cached front (``LDNQ.cached_fronts``, 1-based).
 
 The float-epoch unit: one epoch of the float LeNet5 through ``quantcore.training.train`` on the
 full 60,000-image training set with the CLI's ``train`` settings (batch 128, SGD lr 0.05,
-momentum 0.9, Nesterov, weight decay 5e-4), from fresh weights, measured in the same run before
-the rows; ``--float-epoch-seconds S`` skips the measurement and uses S.
+momentum 0.9, Nesterov, weight decay 5e-4), from fresh weights, measured in the same run
+before the first row and after every row; a row is divided by the mean of the two epochs
+around it (column "float epoch s"), so that a shared machine's load, which drifts over
+minutes, weighs on both alike. ``--float-epoch-seconds S`` skips the measurement and uses S.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ COLUMNS = (
     "qpack B",
     "ratio",
     "wall s",
+    "float epoch s",
     "float epochs",
     "cascade epochs/layer",
     "cached fronts",
@@ -140,9 +143,9 @@ def run_row(
     args: argparse.Namespace,
     data: quantcore.DataBundle,
     float_top1: float,
-    epoch_s: float,
     tmp: Path,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float]:
+    """One row's columns but the float-epoch ones, and the wall seconds of the method."""
     params, label = _params(row, args)
     ctx = quantcore.RunContext(
         device=torch.device(args.device), seed=args.seed, on_progress=_log_layer
@@ -157,12 +160,11 @@ def run_row(
         eval_batch=args.eval_batch,
     )
     records = getattr(m.method, "layer_records", [])
-    return {
+    columns = {
         "setting": f"kbits {params.kbits}",
         "data": f"{params.data_ratio:.0%}",
         "params": label,
         **_shared.size_columns(float_top1, m),
-        "float epochs": f"{m.seconds / epoch_s:.2f}",
         "cascade epochs/layer": "/".join(str(r.cascade_epochs) for r in records),
         # the layers whose cascade ran on a cached front (LDNQ.cached_fronts), 1-based
         "cached fronts": ",".join(
@@ -172,6 +174,7 @@ def run_row(
         )
         or "-",
     }
+    return columns, m.seconds
 
 
 def main() -> None:
@@ -205,12 +208,15 @@ def main() -> None:
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}",
         flush=True,
     )
-    epoch_s = args.float_epoch_seconds
-    if epoch_s is None:
-        epoch_s = float_epoch_seconds(data, device, args.seed)
-        print(f"float epoch (measured, 60,000 images, batch 128): {epoch_s:.1f} s", flush=True)
-    else:
-        print(f"float epoch (given): {epoch_s:.1f} s", flush=True)
+
+    def float_epoch() -> float:
+        if args.float_epoch_seconds is not None:
+            return float(args.float_epoch_seconds)
+        seconds = float_epoch_seconds(data, device, args.seed)
+        print(f"float epoch (60,000 images, batch 128): {seconds:.1f} s", flush=True)
+        return seconds
+
+    before = float_epoch()
     ctx = quantcore.RunContext(device=device, seed=args.seed)
     float_model = quantcore.load_model(args.float_weights, ARCH, num_classes=data.num_classes)
     _, val_loader = data.loaders(args.eval_batch, seed=args.seed)
@@ -219,7 +225,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows:
-            rows.append(run_row(row, args, data, float_top1, epoch_s, Path(tmp)))
+            columns, seconds = run_row(row, args, data, float_top1, Path(tmp))
+            after = float_epoch()
+            epoch_s = (before + after) / 2
+            columns["float epoch s"] = f"{epoch_s:.1f}"
+            columns["float epochs"] = f"{seconds / epoch_s:.2f}"
+            rows.append(columns)
+            before = after
             print(f"done: {rows[-1]}", flush=True)
     _shared.print_table(rows, COLUMNS)
 

@@ -751,7 +751,11 @@ def subset_outputs(
     module: nn.Module, part: Dataset, batch_size: int, budget: int, ctx: RunContext
 ) -> Tensor | None:
     """``module``'s output (no gradient) on all of ``part``, ``(len(part), …)`` in subset
-    order, or None when it is not one tensor or would take more than ``budget`` bytes."""
+    order, or None when it is not one tensor or would take more than ``budget`` bytes.
+
+    Feature maps on the CPU are stored channels-last: the convolutions that read them then run
+    in that layout, faster there (LeNet5, conv1's cascade on its cached front: 22 → 19 ms per
+    step on a 2-core CPU; not measured on CUDA, so left in the default layout there)."""
     n = len(part)  # type: ignore[arg-type]
     out: Tensor | None = None
     start = 0
@@ -763,7 +767,14 @@ def subset_outputs(
             if out is None:
                 if n * y[0].numel() * y.element_size() > budget:
                     return None
-                out = y.new_empty(n, *y.shape[1:])
+                layout = (
+                    torch.channels_last
+                    if y.dim() == 4 and y.device.type == "cpu"
+                    else torch.contiguous_format
+                )
+                out = torch.empty(
+                    n, *y.shape[1:], dtype=y.dtype, device=y.device, memory_format=layout
+                )
             out[start : start + len(y)] = y
             start += len(y)
     return out

@@ -874,6 +874,7 @@ def test_subset_outputs_are_the_fronts_output_in_subset_order_within_the_budget(
     need = len(part) * 20 * 12 * 12 * 4  # (N, 20, 12, 12) float32
     out = L.subset_outputs(split.front, part, 16, need, RunContext())
     assert out is not None
+    assert out.is_contiguous(memory_format=torch.channels_last)  # CPU maps: faster convs
     with torch.no_grad():
         torch.testing.assert_close(out, split.front(x), rtol=1e-5, atol=1e-6)
     assert L.subset_outputs(split.front, part, 16, need - 1, RunContext()) is None
