@@ -68,8 +68,9 @@ Where this port and the official code differ (default first):
   rounding, the same gradient for the bias). On LeNet5 every layer's cascade then runs only
   what follows its own pooling. ResNets gain nothing: every BatchNorm trains, so their front
   ends at the first conv and does not fit that budget. Together with a frozen weight being
-  rounded once (:class:`PowerOfTwoLevels`), this takes a LeNet5 run at the official settings
-  from about 6 to about 1 float training epoch on a 2-core CPU.
+  rounded once (:class:`PowerOfTwoLevels`) and channels-last cached maps on the CPU
+  (:func:`subset_outputs`), this takes a LeNet5 kbits-3 run at the official settings from
+  about six float training epochs to under two on a 2-core CPU (docs/methods/l_dnq.md).
 - Not logged: the official test-set evaluation after every layer (logging only there).
 - Precision: H and ADMM run in float64; the stored α is float32 and the layer's latent weight
   becomes α₃₂·m exactly, so rounding it again at α gives the same codes.
