@@ -894,7 +894,7 @@ def test_the_cached_prefix_trains_as_the_whole_network(digits: DataBundle, targe
             cascade_cache_targets=targets,
             cascade_max_epochs=3,
             data_ratio=0.1,
-            batch_size=64,  # at 16 the spare memory of a step holds only the last front
+            batch_size=64,  # at 16 a step's spare memory holds only the fc layers' fronts
         )
         fronts = {  # each layer without its bias (and conv's max pooling): all four
             "features.0": "features_1",
