@@ -213,7 +213,9 @@ LENET5_FASHION_MNIST: dict[str, object] = {
 # Time-bounded small-data preset (not from the paper or the spec): the same with each layer's
 # cascade capped at 60 epochs, a departure from the official rule (no cap). Measured on
 # Fashion-MNIST LeNet5 (docs/methods/l_dnq.md, "What a cap would do"): kbits 3 −2.54 pt in
-# 0.91 float epochs against −2.67 in 3.34 uncapped; kbits 5, 7 and 9 within 1 float epoch.
+# 0.91 float epochs against −2.67 in 3.34 uncapped; kbits 5, 7 and 9 within 1 float epoch
+# (session 6's code; since the cached fronts take the bias split, the uncapped kbits 3 run
+# takes 1.7-1.9 float epochs on a 2-core CPU too).
 LENET5_FASHION_MNIST_FAST: dict[str, object] = {**LENET5_FASHION_MNIST, "cascade_max_epochs": 60}
 
 
