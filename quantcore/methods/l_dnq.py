@@ -196,10 +196,11 @@ class LDNQParams(MethodParams):
     cascade_cache_prefix: bool = Field(
         True,
         description="Compute the frozen front of the partly quantized network (quantized layers "
-        "and what lies between them, up to the first trainable or batch-dependent module) on "
-        "the subset once per layer and train the rest on it, where the subset has no "
-        "augmentation and the result fits in the memory a step of the rest leaves unused. "
-        "Same outputs up to float rounding.",
+        "and what lies between them, up to the first trainable or batch-dependent module; "
+        "through the layer just quantized, without its trainable bias, where it fits) on the "
+        "subset once per layer and train the rest on it, where the subset has no augmentation "
+        "and the result fits in the memory a step of the rest leaves unused. Same outputs up to "
+        "float rounding.",
     )
 
 
@@ -941,7 +942,17 @@ def split_frozen_prefix(
     if sum(node.op == "placeholder" for node in nodes) != 1:
         return None
 
-    def frozen_op(node: fx.Node) -> bool:
+    frozen: set[fx.Node] = set()
+
+    def is_frozen(node: fx.Node) -> bool:
+        """Nothing trainable, batch-dependent or random, and only frozen inputs."""
+        if node.op == "placeholder":
+            return True
+        if node.op == "get_attr":
+            value = operator.attrgetter(str(node.target))(model)
+            return not (isinstance(value, Tensor) and id(value) in training)
+        if not all(arg in frozen for arg in node.all_input_nodes):
+            return False
         if node.op == "call_module":
             module = model.get_submodule(str(node.target))
             return not _batch_dependent(module) and all(
@@ -951,27 +962,16 @@ def split_frozen_prefix(
             return node.target not in _RANDOM_FUNCTIONS
         return node.op != "call_method" or node.target not in _RANDOM_METHODS
 
-    frozen: set[fx.Node] = set()
     reach = 0  # the last position that reads a frozen node other than the candidate cut
     cut: int | None = None
-    stop = len(nodes)  # the first node that is not frozen
-    for i, node in enumerate(nodes):
-        if node.op == "output":
-            stop = i
-            break
-        if node.op == "get_attr":
-            value = operator.attrgetter(str(node.target))(model)
-            if isinstance(value, Tensor) and id(value) in training:
-                stop = i
-                break
-            frozen.add(node)
-            continue
-        if node.op != "placeholder" and not (
-            all(arg in frozen for arg in node.all_input_nodes) and frozen_op(node)
-        ):
+    stop = len(nodes) - 1  # the first node that is not frozen (at the latest, the output)
+    for i, node in enumerate(nodes[:-1]):
+        if not is_frozen(node):
             stop = i
             break
         frozen.add(node)
+        if node.op == "get_attr":  # an attribute may be read again behind the cut
+            continue
         if node.op != "placeholder" and reach <= i:
             cut = i
         reach = max([reach, *(position[user] for user in node.users)])
